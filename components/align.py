@@ -1,0 +1,13 @@
+"""align: align the SFT policy with `align.method` (ppo, dpo, grpo, rloo, kto, best_of_n) -> models/policy/."""
+
+from alignflow.stage import stage_main
+
+
+def main(argv: list[str] | None = None) -> None:
+    from alignflow.rlhf.align import run
+
+    stage_main("align", run, argv, system_metrics=True)
+
+
+if __name__ == "__main__":
+    main()

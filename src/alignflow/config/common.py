@@ -1,0 +1,35 @@
+"""Params shared by several stages: the model, Ray scaling, MLflow tracking."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from alignflow.config.base import Section
+
+
+class ModelParams(Section):
+    # Model spec string (ARCHITECTURE.md §4): embedded:<name>, tiny:<arch>, hub id or local path.
+    base: str = "embedded:smollm2-135m-instruct"
+    trust_remote_code: bool = False
+    # Training/generation dtype; "auto" = bf16 on a GPU that supports it, else fp32.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Used when the model has no chat template of its own (documented default: ChatML).
+    default_chat_template: Literal["chatml"] = "chatml"
+
+
+class RayParams(Section):
+    address: str | None = None  # RAY_ADDRESS in the environment wins
+    num_workers: int = Field(0, ge=0, description="0 = Ray Train local mode (in-process)")
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 2})
+    storage_path: str = ".ray_results"
+
+
+class TrackingParams(Section):
+    experiment: str = "alignflow"
+    # MLFLOW_TRACKING_URI in the environment wins; else sqlite:///mlflow.db in the working dir.
+    tracking_uri: str | None = None
+    register_models: bool = True
+    log_models: bool = True

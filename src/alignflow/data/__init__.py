@@ -1,0 +1,1 @@
+"""Data stages: sources, cleaning filters, dedup, decontamination, formatting."""

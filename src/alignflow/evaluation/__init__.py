@@ -1,0 +1,1 @@
+"""Evaluation: alignment metrics, over-optimization diagnostics, report, promotion gate."""

@@ -1,0 +1,1 @@
+"""Model specs: embedded GGUF models, tiny random models, hub ids and local paths."""

@@ -1,0 +1,84 @@
+"""The glue every component shares: parse the CLI, validate params, track, write metrics.
+
+A stage is a function `run(params, tracker) -> metrics`; `stage_main` does the rest, so each
+`components/<stage>.py` is a few lines (ARCHITECTURE.md §2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from alignflow.config import Params, ParamsError, load_params
+from alignflow.io import InputError, write_metrics
+
+StageFn = Callable[[Params, Any], dict[str, Any]]
+log = logging.getLogger("alignflow")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`-S key.sub=value` pairs (YAML-typed values), as DVC's `exp run -S`."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ParamsError(f"-S {pair!r}: expected key=value")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("ALIGNFLOW_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def run_stage(stage: str, fn: StageFn, params: Params, system_metrics: bool = False) -> dict[str, Any]:
+    from alignflow import tracking
+
+    seed_everything(params.seed)
+    started = time.perf_counter()
+    with tracking.stage_run(params, stage, system_metrics=system_metrics) as tracker:
+        metrics = fn(params, tracker) or {}
+        metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+        write_metrics(stage, metrics)
+        tracker.log_summary(metrics)
+    log.info("%s done in %.1fs", stage, metrics["wall_time_s"])
+    return metrics
+
+
+def stage_main(stage: str, fn: StageFn, argv: list[str] | None = None, system_metrics: bool = False) -> None:
+    parser = argparse.ArgumentParser(prog=f"alignflow run {stage}", description=f"Run the {stage} stage.")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        params = load_params(args.params, parse_overrides(args.set))
+        run_stage(stage, fn, params, system_metrics=system_metrics)
+    except (ParamsError, InputError) as err:
+        print(f"alignflow {stage}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,1 @@
+"""Training stages on Ray Train: SFT and reward model, and the launcher they share."""
