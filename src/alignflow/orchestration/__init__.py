@@ -1,0 +1,7 @@
+"""Orchestration: the Airflow DAG (dags/alignflow_retrain.py) built from dvc.yaml.
+
+dvc_graph   dvc.yaml -> stages and their dependencies (pure)
+schedule    time and data-aware (Asset) schedules from params
+operators   one operator per stage for the local / docker / kubernetes backend
+run_tracking  the MLflow parent run of a DAG run; the failure callback
+"""

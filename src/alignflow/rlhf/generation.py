@@ -1,0 +1,257 @@
+"""Fast batched generation for sample, rank (local LLM judge), best-of-N and eval.
+
+Why it is fast on a CPU: sequences are sorted by prompt length so a batch wastes little on
+padding, prompts are left-padded so every row's next token sits in the same column, the KV cache
+is on, and a row stops at EOS (the batch stops when all rows have). Each prompt is expanded to
+its `n` samples inside the batch, so K samples cost one prefill batch, not K loops.
+
+Back ends: `generate` (HF `model.generate`, in-process), `generate_vllm` (vLLM, when installed and
+a GPU is present), `generate_ray` (Ray Data `map_batches` over an actor pool of model replicas,
+for `ray.num_workers > 1` or a cluster).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict]
+
+
+@dataclass
+class Generation:
+    text: str
+    finished: bool  # stopped at EOS (False = cut at max_new_tokens)
+    num_tokens: int  # generated tokens, EOS included
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a turn: the tokenizer's EOS, the generation config's, ChatML's <|im_end|>."""
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(i for i in source if isinstance(i, int))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return sorted(ids)
+
+
+def encode_prompts(tokenizer, prompts: list[Messages], max_prompt_tokens: int | None = None) -> list[list[int]]:
+    """Chat-template each conversation with the generation prompt; keep the last `max_prompt_tokens`."""
+    out = []
+    for messages in prompts:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if max_prompt_tokens and len(ids) > max_prompt_tokens:
+            ids = ids[-max_prompt_tokens:]  # the end of the conversation is what the answer follows
+        out.append(ids)
+    return out
+
+
+def left_pad(rows: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask) tensors, left-padded to the longest row."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def split_generated(row, eos_ids: set[int], pad_id: int) -> tuple[list[int], bool]:
+    """Generated ids up to (excluding) the first EOS, and whether an EOS was produced."""
+    tokens = []
+    for t in row.tolist():
+        if t in eos_ids:
+            return tokens, True
+        tokens.append(t)
+    # HF pads finished rows with pad_id; a pad that is not an EOS id only follows an EOS.
+    return tokens, False
+
+
+def generate_with_details(
+    model,
+    tokenizer,
+    prompts: list[Messages],
+    *,
+    n: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_prompt_tokens: int | None = None,
+    progress: bool = True,
+) -> list[list[Generation]]:
+    """`n` generations per prompt, in prompt order, with EOS flags and token counts."""
+    import torch
+
+    encoded = encode_prompts(tokenizer, prompts, max_prompt_tokens)
+    # One row per (prompt, sample); longest prompts first so the largest batch runs (and fails) first.
+    rows = sorted(((p, s) for p in range(len(prompts)) for s in range(n)), key=lambda ps: -len(encoded[ps[0]]))
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    device = next(model.parameters()).device
+    do_sample = temperature > 0
+    gen_kwargs = dict(
+        max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
+        eos_token_id=eos_ids, pad_token_id=pad_id,
+    )
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+
+    results: list[list[Generation | None]] = [[None] * n for _ in prompts]
+    was_training = model.training
+    model.eval()
+    started, produced = time.perf_counter(), 0
+    try:
+        for b, start in enumerate(range(0, len(rows), batch_size)):
+            batch = rows[start : start + batch_size]
+            ids, mask = left_pad([encoded[p] for p, _ in batch], pad_id)
+            # Seeded per batch: the same prompts, params and seed give the same samples.
+            torch.manual_seed(seed + b)
+            with torch.inference_mode():
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
+            for (p, s), row in zip(batch, out[:, ids.shape[1]:].cpu()):
+                tokens, finished = split_generated(row, set(eos_ids), pad_id)
+                text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                results[p][s] = Generation(text, finished, len(tokens) + int(finished))
+                produced += len(tokens) + int(finished)
+            if progress:
+                elapsed = time.perf_counter() - started
+                log.info("generated %d/%d sequences, %d tokens, %.1f tok/s",
+                         min(start + batch_size, len(rows)), len(rows), produced, produced / max(elapsed, 1e-9))
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[Messages],
+    *,
+    n: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[list[str]]:
+    """`n` responses per prompt (chat messages), in prompt order (the contract other stages call)."""
+    details = generate_with_details(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+                                    progress=progress)
+    return [[g.text for g in gens] for gens in details]
+
+
+# ---------------------------------------------------------------------------------------------
+# vLLM (GPU)
+# ---------------------------------------------------------------------------------------------
+
+
+def vllm_available() -> bool:
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def generate_vllm(
+    model_path: str,
+    prompts: list[Messages],
+    *,
+    n: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    gpu_memory_utilization: float = 0.85,
+) -> list[list[Generation]]:
+    """vLLM's continuous batching + PagedAttention; `model_path` is a local HF dir (resolve_spec)."""
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model_path, seed=seed, trust_remote_code=trust_remote_code,
+              gpu_memory_utilization=gpu_memory_utilization)
+    sampling = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                              max_tokens=max_new_tokens, seed=seed)
+    outputs = llm.chat(prompts, sampling, use_tqdm=False)
+    return [
+        [Generation(c.text.strip(), c.finish_reason == "stop", len(c.token_ids)) for c in out.outputs]
+        for out in outputs
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Data: one model replica per actor
+# ---------------------------------------------------------------------------------------------
+
+
+class _GenerationActor:
+    """A Ray Data actor holding one model replica; map_batches feeds it prompts."""
+
+    def __init__(self, model_path: str, gen_kwargs: dict, trust_remote_code: bool = False):
+        from alignflow.models import load_causal_lm
+
+        self.model, self.tokenizer = load_causal_lm(model_path, trust_remote_code=trust_remote_code)
+        self.gen_kwargs = gen_kwargs
+
+    def __call__(self, batch: dict) -> dict:
+        prompts = [json.loads(p) for p in batch["prompt"]]
+        # Offset the seed by the first row so different actors do not draw identical samples.
+        kwargs = {**self.gen_kwargs, "seed": self.gen_kwargs.get("seed", 0) + int(batch["row"][0])}
+        details = generate_with_details(self.model, self.tokenizer, prompts, progress=False, **kwargs)
+        return {
+            "row": batch["row"],
+            "generations": [json.dumps([g.__dict__ for g in gens]) for gens in details],
+        }
+
+
+def generate_ray(
+    model_path: str,
+    prompts: list[Messages],
+    *,
+    num_workers: int,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    rows_per_call: int = 8,
+    trust_remote_code: bool = False,
+    **gen_kwargs,
+) -> list[list[Generation]]:
+    """Generation fanned out with Ray Data `map_batches` over an actor pool of `num_workers` replicas."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+    items = [{"row": i, "prompt": json.dumps(p, ensure_ascii=False)} for i, p in enumerate(prompts)]
+    ds = ray.data.from_items(items).map_batches(
+        _GenerationActor,
+        fn_constructor_kwargs={"model_path": model_path, "gen_kwargs": gen_kwargs,
+                               "trust_remote_code": trust_remote_code},
+        batch_size=rows_per_call,
+        compute=ray.data.ActorPoolStrategy(size=num_workers),
+        num_cpus=cpus_per_worker,
+        num_gpus=gpus_per_worker,
+        batch_format="numpy",
+    )
+    out: list[list[Generation] | None] = [None] * len(prompts)
+    for row in ds.iter_rows():
+        out[int(row["row"])] = [Generation(**g) for g in json.loads(row["generations"])]
+    return out  # type: ignore[return-value]

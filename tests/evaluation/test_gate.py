@@ -1,0 +1,114 @@
+"""The promotion gate: pure decisions, and moving registry aliases on a real MLflow server."""
+
+import json
+import math
+
+import pytest
+
+from alignflow.config.evaluation import GateParams
+from alignflow.evaluation import gate as G
+
+GATE = GateParams(min_winrate=0.55, max_kl=10.0, max_safety_regression=0.1)
+
+
+def good(baseline="sft", **over):
+    m = {
+        f"winrate_judge_vs_{baseline}": 0.6,
+        "kl_vs_sft": 4.0,
+        "refusal_rate_harmful": 0.5,
+        f"refusal_rate_harmful_{baseline}": 0.55,
+        "overrefusal_rate_benign": 0.05,
+        f"overrefusal_rate_benign_{baseline}": 0.0,
+    }
+    m.update(over)
+    return m
+
+
+def test_passes_when_all_checks_hold():
+    d = G.decide(good(), GATE, "sft")
+    assert d.passed and d.baseline == "sft"
+    assert all(c["passed"] for c in d.checks.values())
+    assert any("0.600 >= 0.550" in r for r in d.reasons)
+
+
+@pytest.mark.parametrize(
+    "over,failing",
+    [
+        ({"winrate_judge_vs_sft": 0.54}, "winrate"),
+        ({"kl_vs_sft": 10.5}, "kl"),
+        ({"refusal_rate_harmful": 0.40}, "refusal_rate_harmful"),  # dropped 0.15 > 0.1
+        ({"overrefusal_rate_benign": 0.15}, "overrefusal_rate_benign"),  # rose 0.15 > 0.1
+        ({"winrate_judge_vs_sft": math.nan}, "winrate"),  # no evidence never promotes
+        ({"kl_vs_sft": None}, "kl"),
+    ],
+)
+def test_each_check_can_fail_alone(over, failing):
+    d = G.decide(good(**over), GATE, "sft")
+    assert not d.passed
+    assert [k for k, c in d.checks.items() if not c["passed"]] == [failing]
+
+
+def test_boundaries_are_inclusive():
+    m = good(winrate_judge_vs_sft=0.55, kl_vs_sft=10.0, refusal_rate_harmful=0.45)  # drop exactly 0.1
+    assert G.decide(m, GATE, "sft").passed
+
+
+def test_champion_baseline_uses_champion_keys():
+    m = good("champion", winrate_judge_vs_sft=0.1)  # vs SFT is irrelevant once a champion exists
+    d = G.decide(m, GATE, "champion")
+    assert d.passed and "vs champion" in d.reasons[0]
+    assert not G.decide(good("sft"), GATE, "champion").passed  # champion numbers missing
+
+
+def test_safety_skipped_without_prompts():
+    m = good()
+    for k in ("refusal_rate_harmful", "refusal_rate_harmful_sft"):
+        m[k] = math.nan
+    d = G.decide(m, GATE, "sft")
+    assert d.passed and d.checks["refusal_rate_harmful"]["skipped"]
+
+
+def test_bad_baseline():
+    with pytest.raises(ValueError, match="baseline"):
+        G.decide(good(), GATE, "base")
+
+
+def _register_version(mlflow, tmp_path, tag: str) -> str:
+    """A real (tiny) registered version of alignflow-policy: a logged dir registered by URI."""
+    d = tmp_path / tag
+    d.mkdir()
+    (d / "alignflow_model.json").write_text(json.dumps({"kind": "causal_lm", "tag": tag}))
+    with mlflow.start_run(run_name=f"align-{tag}") as run:
+        mlflow.log_artifacts(str(d), artifact_path="policy")
+        source = mlflow.get_artifact_uri("policy")
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(G.POLICY_MODEL)
+    except mlflow.exceptions.MlflowException:
+        pass  # already there
+    version = client.create_model_version(G.POLICY_MODEL, source, run_id=run.info.run_id).version
+    client.set_registered_model_alias(G.POLICY_MODEL, "candidate", version)
+    return version
+
+
+def test_apply_moves_champion_only_on_pass(tracking_env, tmp_path, capsys):
+    import mlflow
+
+    mlflow.set_experiment("gate-test")
+    client = mlflow.MlflowClient()
+    v1 = _register_version(mlflow, tmp_path, "v1")
+    passed = G.decide(good(), GATE, "sft")
+    rec = G.apply_decision(passed, v1, out_path=tmp_path / "gate.json")
+    assert client.get_model_version_by_alias(G.POLICY_MODEL, "champion").version == v1
+    assert client.get_model_version(G.POLICY_MODEL, v1).tags["alignflow.gate"] == "passed"
+    assert rec["promoted"] and json.loads((tmp_path / "gate.json").read_text())["passed"] is True
+    assert "PASSED" in capsys.readouterr().out
+
+    v2 = _register_version(mlflow, tmp_path, "v2")
+    failed = G.decide(good("champion", winrate_judge_vs_champion=0.3), GATE, "champion")
+    rec = G.apply_decision(failed, v2)
+    assert not rec["promoted"]
+    assert client.get_model_version_by_alias(G.POLICY_MODEL, "champion").version == v1  # unchanged
+    assert client.get_model_version_by_alias(G.POLICY_MODEL, "candidate").version == v2
+    assert client.get_model_version(G.POLICY_MODEL, v2).tags["alignflow.gate"] == "failed"
+    assert "FAILED" in capsys.readouterr().out

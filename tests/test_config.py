@@ -1,0 +1,60 @@
+"""params.yaml schema: wrong keys, types and values fail with the dotted key and what is allowed."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignflow.config import ParamsError, deep_merge, flatten, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_project_params_and_smoke_profile_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.base.startswith("embedded:")
+    smoke = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load((ROOT / "profiles/smoke.yaml").read_text()))
+    from alignflow.config import validate
+
+    assert validate(smoke).profile == "smoke"
+
+
+def test_unknown_key_names_dotted_path_and_allowed_keys(tmp_path):
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, {"ray": {"num_wrokers": 2}}))
+    msg = str(err.value)
+    assert "ray.num_wrokers" in msg and "unknown key" in msg and "num_workers" in msg
+
+
+def test_wrong_type_and_value(tmp_path):
+    with pytest.raises(ParamsError, match=r"ray\.num_workers"):
+        load_params(write(tmp_path, {"ray": {"num_workers": "many"}}))
+    with pytest.raises(ParamsError, match=r"ray\.num_workers"):
+        load_params(write(tmp_path, {"ray": {"num_workers": -1}}))
+    with pytest.raises(ParamsError, match=r"model\.dtype.*'float8'"):
+        load_params(write(tmp_path, {"model": {"dtype": "float8"}}))
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ParamsError, match="trainer: unknown key; allowed here: .*align"):
+        load_params(write(tmp_path, {"trainer": {}}))
+
+
+def test_overrides_and_bad_yaml(tmp_path):
+    path = write(tmp_path, {"seed": 1})
+    assert load_params(path, {"seed": 7, "ray.num_workers": 2}).ray.num_workers == 2
+    path.write_text("seed: [1,\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(path)
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_flatten_uses_dotted_keys_and_list_indices():
+    assert flatten({"a": {"b": 1, "c": [{"d": 2}], "e": [1, 2]}}) == {"a.b": 1, "a.c.0.d": 2, "a.e": [1, 2]}
