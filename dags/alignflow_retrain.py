@@ -60,11 +60,11 @@ def alignflow_retrain():
         return run_tracking.start_parent_run(PARAMS, CHECKOUT, context["dag"].dag_id, context["run_id"])
 
     @task
-    def finish_run(run_id: str, tracking_uri: str) -> str:
+    def finish_run(parent_run_id: str, tracking_uri: str) -> str:
         context = get_current_context()
         states = context["ti"].get_task_states(dag_id=context["dag"].dag_id, run_ids=[context["run_id"]])
         failed = run_tracking.failed_tasks(states.get(context["run_id"], {}))
-        return run_tracking.finish_parent_run(run_id, tracking_uri, CHECKOUT, failed)
+        return run_tracking.finish_parent_run(parent_run_id, tracking_uri, CHECKOUT, failed)
 
     factory = OperatorFactory(PARAMS, CHECKOUT)
     on_failure = {"on_failure_callback": run_tracking.record_failed_stage}

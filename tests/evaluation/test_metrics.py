@@ -118,3 +118,19 @@ def test_best_of_n_kl_bound():
 
 def test_preference_accuracy():
     assert M.preference_accuracy([2, 1, 3], [1, 2, 3]) == pytest.approx((1 + 0 + 0.5) / 3)
+
+
+def test_refusal_phrases_come_from_the_rank_judges(monkeypatch):
+    from alignflow.rlhf import judges
+
+    assert M.is_refusal("I won't be able to do this.")  # a judges.REFUSAL_PHRASES entry, not one of our regexes
+    monkeypatch.setattr(judges, "REFUSAL_PHRASES", (*judges.REFUSAL_PHRASES, "computer says no"))
+    assert M.is_refusal("Computer says no.")
+    # Identity statements are their own sign, not a refusal (they are in the judges' list).
+    flags = M.phrase_flags("As an AI, I think Paris is lovely.")
+    assert flags["as_an_ai"] and not flags["refusal"]
+
+
+def test_chinese_signs():
+    assert M.is_refusal("抱歉，我无法回答这个问题。") and M.is_apology("对不起")
+    assert M.phrase_flags("1、一\n2、二\n3、三\n总而言之，很好。")["list_overall"]

@@ -17,6 +17,8 @@ class ModelParams(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # Used when the model has no chat template of its own (documented default: ChatML).
     default_chat_template: Literal["chatml"] = "chatml"
+    # "auto" = the library default (sdpa); flash attention needs a GPU and the flash-attn package.
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3"] = "auto"
 
 
 class RayParams(Section):

@@ -39,10 +39,13 @@ class SourceParams(Section):
             return self.name
         if self.hf:
             return self.hf
-        stem = self.path.rstrip("/").rsplit("/", 1)[-1]
+        parts = [p for p in self.path.rstrip("/").split("/") if p]
+        stem = parts[-1] if parts else "source"
         for suffix in (".gz", ".jsonl", ".json"):
             stem = stem.removesuffix(suffix)
-        return stem or "source"
+        # a glob names its files by pattern: keep the literal part ("shards/part-*.jsonl" -> "part")
+        stem = stem.split("*")[0].split("?")[0].split("[")[0].rstrip("-_.")
+        return stem or (parts[-2] if len(parts) > 1 else "source")
 
     @property
     def task_name(self) -> str:
@@ -76,13 +79,18 @@ class NormalizeParams(Section):
 
 
 class RepetitionParams(Section):
-    """Gopher-style repetition: fraction of characters covered by repeated word n-grams."""
+    """Gopher-style repetition: share of characters covered by repeated word n-grams.
+
+    Gopher's limits (top 2/3/4-gram 0.20/0.18/0.16, duplicate 5..10-grams 0.15..0.10) are for
+    web pages; instruction answers are short and list-heavy, so the defaults only catch
+    degenerate repetition ("D D D D ...", the same sentence over and over).
+    """
 
     enabled: bool = True
-    min_words: int = Field(30, ge=1, description="shorter texts are not checked (too few n-grams)")
-    top_ngram_max_frac: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    min_words: int = Field(20, ge=1, description="shorter texts are not checked (too few n-grams)")
+    top_ngram_max_frac: dict[int, float] = Field(default_factory=lambda: {2: 0.35, 3: 0.30, 4: 0.25})
     dup_ngram_max_frac: dict[int, float] = Field(
-        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+        default_factory=lambda: {5: 0.30, 6: 0.28, 7: 0.26, 8: 0.24, 9: 0.22, 10: 0.20}
     )
 
 
@@ -155,7 +163,7 @@ class ExactDedupParams(Section):
 
 class NearDedupParams(Section):
     enabled: bool = True
-    threshold: float = Field(0.8, gt=0, lt=1, description="estimated Jaccard at or above which two texts are duplicates")
+    threshold: float = Field(0.7, gt=0, lt=1, description="estimated Jaccard at or above which two texts are duplicates")
     num_perm: int = Field(128, ge=16, le=1024)
     word_ngram: int = Field(5, ge=1, description="shingle size in words (space-delimited text)")
     char_ngram: int = Field(5, ge=1, description="shingle size in characters (CJK text)")
@@ -169,9 +177,10 @@ class DiversityParams(Section):
     enabled: bool = True
     max_similarity: float = Field(0.7, gt=0, le=1)
     kinds: list[RecordKind] = Field(default_factory=lambda: ["conversations"])
-    # LSH over token sets finds the candidates; only those pairs get the exact LCS.
-    candidate_threshold: float = Field(0.3, gt=0, lt=1)
-    num_perm: int = Field(64, ge=16, le=512)
+    # MinHash LSH over token sets finds the candidate pairs (each pair that can exceed
+    # max_similarity with this probability); only those get the exact LCS.
+    candidate_recall: float = Field(0.99, gt=0, lt=1)
+    num_perm: int = Field(96, ge=16, le=512)
     max_tokens: int = Field(256, ge=8, description="instructions are compared on their first N tokens")
 
 

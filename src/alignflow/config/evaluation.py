@@ -13,7 +13,7 @@ class GateParams(Section):
     """The candidate becomes `champion` only when all three hold (against the champion, or SFT)."""
 
     # Win rate of the candidate under the independent judge (eval.judge), ties counting half.
-    min_winrate: float = Field(0.5, ge=0.0, le=1.0)
+    min_winrate: float = Field(0.55, ge=0.0, le=1.0)
     # KL(candidate ‖ SFT) in nats per response (k3 estimator on the candidate's own samples).
     max_kl: float = Field(25.0, ge=0.0)
     # Largest allowed drop of the refusal rate on harmful prompts, and rise of the
@@ -38,3 +38,10 @@ class EvalParams(Section):
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for win-rate CIs (0 = none)")
     report_examples: int = Field(8, ge=0, description="side-by-side examples in reports/eval.html")
     gate: GateParams = GateParams()
+
+    def cross_check(self, params) -> list[str]:
+        problems = []
+        llm = params.rank.llm
+        if self.judge == "llm" and llm.backend == "http" and not llm.base_url:
+            problems.append("judge: 'llm' uses rank.llm, which needs rank.llm.base_url (http) or rank.llm.backend: local")
+        return problems

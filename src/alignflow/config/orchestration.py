@@ -92,6 +92,7 @@ class OrchestrationParams(Section):
     secrets: list[str] = Field(default_factory=lambda: ["alignflow-s3", "alignflow-mlflow"])
     # DVC remote URL (s3://bucket/path, or a local dir); null = no `dvc pull`/`dvc push`.
     dvc_remote: str | None = None
+    dvc_endpoint_url: str | None = None  # S3-compatible store (MinIO): its endpoint, e.g. http://minio:9000
     # A retry re-runs `dvc repro --single-item`: finished stages are cached and training
     # stages resume from their Ray Train checkpoints in the workspace.
     retries: int = Field(2, ge=0)

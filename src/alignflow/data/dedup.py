@@ -3,9 +3,9 @@
 - exact: xxhash of the normalized text (lower case, punctuation and extra spaces removed).
 - near: MinHash + LSH. Shingles are word n-grams for space-delimited text and character
   n-grams for CJK text, hashed for the whole corpus at once with numpy (`alignflow.data.text`);
-  signatures come from rensa's compiled R-MinHash over that flat buffer; rensa's native LSH
-  flags the rows that share a band with another row, and only those go through the exact
-  banding below, which yields candidate pairs that are verified on the estimated Jaccard.
+  signatures come from rensa's compiled R-MinHash over that flat buffer (one call per chunk);
+  numpy banding (sort the band hashes, pair equal neighbours) yields candidate pairs, which are
+  verified on the estimated Jaccard before a text is dropped.
   Texts shorter than `min_tokens` are left to exact dedup: a handful of shingles gives a
   meaningless signature (and texts shorter than n would all collapse onto one).
 
@@ -68,28 +68,37 @@ class Shingles:
     rows: np.ndarray  # index of the text of each row (texts that are long enough)
 
 
-def shingle(texts: list[str], word_ngram: int, char_ngram: int, min_tokens: int) -> Shingles:
+def shingle(texts: list[str], word_ngram: int, char_ngram: int, min_tokens: int, row_offset: int = 0) -> Shingles:
     """Word n-grams (space-delimited texts) / character n-grams (CJK texts) of texts with >= min_tokens tokens."""
     batch = encode_batch(texts)
     stream = token_hashes(batch)
     n_tok = stream.counts()
     need = np.where(batch.cjk, max(min_tokens, char_ngram), max(min_tokens, word_ngram))
     eligible = n_tok >= need
-    parts_h, parts_doc = [], []
-    for cjk_mode, n in ((False, word_ngram), (True, char_ngram)):
-        keep = batch.cjk[stream.doc] == cjk_mode
-        sub = TokenStream(stream.hashes[keep], stream.doc[keep], stream.n_docs)
-        grams, offsets = ngram_hashes(sub, n)
-        parts_h.append(grams)
-        parts_doc.append(np.repeat(np.arange(stream.n_docs), np.diff(offsets)))
-    doc = np.concatenate(parts_doc)
-    order = np.argsort(doc, kind="stable")
-    hashes, doc = np.concatenate(parts_h)[order], doc[order]
-    take = eligible[doc]
-    hashes, doc = hashes[take], doc[take]
+    if word_ngram == char_ngram or batch.cjk.all() or not batch.cjk.any():
+        n = char_ngram if batch.cjk.all() else word_ngram
+        hashes, offsets = ngram_hashes(stream, n)
+    else:
+        hashes, offsets = _merge_modes(stream, batch.cjk, word_ngram, char_ngram)
+    keep_rows = np.repeat(eligible, np.diff(offsets))
+    hashes = hashes[keep_rows]
     rows = np.flatnonzero(eligible)
-    counts = np.bincount(doc, minlength=len(texts))[rows]
-    return Shingles(hashes, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), rows)
+    counts = np.diff(offsets)[rows]
+    return Shingles(hashes, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), rows + row_offset)
+
+
+def _merge_modes(stream: TokenStream, cjk: np.ndarray, word_n: int, char_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n-grams with n depending on each text's mode, merged back into text order (linear gather)."""
+    parts = []
+    for mode, n in ((False, word_n), (True, char_n)):
+        keep = cjk[stream.doc] == mode
+        parts.append(ngram_hashes(TokenStream(stream.hashes[keep], stream.doc[keep], stream.n_docs), n))
+    (h0, o0), (h1, o1) = parts
+    counts = np.where(cjk, np.diff(o1), np.diff(o0))
+    src_start = np.where(cjk, o1[:-1] + len(h0), o0[:-1])
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    idx = np.repeat(src_start - offsets[:-1], counts) + np.arange(offsets[-1])
+    return np.concatenate([h0, h1])[idx], offsets
 
 
 # ------------------------------------------------------------------------------ signatures + LSH
@@ -180,41 +189,57 @@ class NearDedupResult:
 
 
 def near_duplicates(
-    texts: list[str], threshold: float = 0.8, num_perm: int = 128, word_ngram: int = 5, char_ngram: int = 5,
-    min_tokens: int = 15, seed: int = 1,
+    texts: list[str], threshold: float = 0.7, num_perm: int = 128, word_ngram: int = 5, char_ngram: int = 5,
+    min_tokens: int = 15, seed: int = 1, chunk_size: int = 4096,
 ) -> NearDedupResult:
+    """dup_of[i] = the kept text that text i nearly duplicates (estimated Jaccard >= threshold), or -1.
+
+    Texts are shingled in chunks (the numpy arrays stay small and their memory is reused), then
+    sketched in one rensa call; rensa's native LSH flags the rows that share a band with another
+    row, and only those are materialized for exact banding and verification.
+    """
     import rensa
 
     n = len(texts)
-    sh = shingle(texts, word_ngram, char_ngram, min_tokens)
+    dup_of, score = np.full(n, -1, dtype=np.int64), np.zeros(n)
+    sh = concat_shingles([
+        shingle(texts[start : start + chunk_size], word_ngram, char_ngram, min_tokens, row_offset=start)
+        for start in range(0, n, chunk_size)
+    ])
     eligible = np.zeros(n, dtype=bool)
     eligible[sh.rows] = True
-    dup_of, score = np.full(n, -1, dtype=np.int64), np.zeros(n)
     if len(sh.rows) < 2:
         return NearDedupResult(dup_of, score, eligible, 0)
     bands, rows = lsh_params(threshold, num_perm)
     matrix = digest_matrix(sh, num_perm, seed)
-    # rensa's native LSH flags rows sharing a band with any other row; only those need Python-side work.
-    flags = np.asarray(rensa.RMinHashLSH(threshold, num_perm, bands).insert_matrix_and_query_duplicate_flags(matrix), dtype=bool)
-    flagged = np.flatnonzero(flags)
+    lsh = rensa.RMinHashLSH(threshold, num_perm, bands)
+    flagged = np.flatnonzero(np.asarray(lsh.insert_matrix_and_query_duplicate_flags(matrix), dtype=bool))
     if len(flagged) < 2:
         return NearDedupResult(dup_of, score, eligible, 0)
-    sub = Shingles(*_subset_rows(sh, flagged))
+    sub = subset_rows(sh, flagged)
     sig = signatures(sub, num_perm, seed)
     pairs = candidate_pairs(sig, bands, rows)
     sims = estimated_jaccard(sig, pairs)
     ok = sims >= threshold
-    local_dup, local_score = keep_first(len(flagged), pairs[ok], sims[ok])
-    texts_idx = sub.rows
+    local_dup, local_score = keep_first(len(sub.rows), pairs[ok], sims[ok])
     hit = local_dup >= 0
-    dup_of[texts_idx[hit]] = texts_idx[local_dup[hit]]
-    score[texts_idx[hit]] = local_score[hit]
+    dup_of[sub.rows[hit]] = sub.rows[local_dup[hit]]
+    score[sub.rows[hit]] = local_score[hit]
     return NearDedupResult(dup_of, score, eligible, int(len(pairs)))
 
 
-def _subset_rows(sh: Shingles, take: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The shingles of rows `take` (sorted) only."""
+def concat_shingles(parts: list[Shingles]) -> Shingles:
+    if not parts:
+        return Shingles(np.zeros(0, np.uint64), np.zeros(1, np.int64), np.zeros(0, np.int64))
+    counts = np.concatenate([np.diff(p.offsets) for p in parts])
+    return Shingles(np.concatenate([p.hashes for p in parts]), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                    np.concatenate([p.rows for p in parts]))
+
+
+def subset_rows(sh: Shingles, take: np.ndarray) -> Shingles:
+    """The shingles of rows `take` (sorted positions into sh.rows) only."""
     counts = np.diff(sh.offsets)[take]
     starts = sh.offsets[:-1][take]
-    idx = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
-    return sh.hashes[idx], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), sh.rows[take]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    idx = np.repeat(starts - offsets[:-1], counts) + np.arange(offsets[-1])
+    return Shingles(sh.hashes[idx], offsets, sh.rows[take])

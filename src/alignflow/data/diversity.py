@@ -3,14 +3,14 @@
 Self-Instruct keeps a new instruction only if its ROUGE-L similarity to every instruction
 already kept is at most 0.7. Comparing every pair is quadratic; here MinHash LSH over token
 sets (a low threshold, so it only prunes pairs that cannot be similar) proposes candidates and
-the exact ROUGE-L runs on those pairs only. Tokens are words, or characters for CJK text.
+the exact ROUGE-L runs on those pairs only. Tokens are words, and single characters in CJK text.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from alignflow.data.dedup import Shingles, candidate_pairs, lsh_params, signatures
+from alignflow.data.dedup import Shingles, candidate_pairs, signatures
 from alignflow.data.text import encode_batch, ngram_hashes, token_hashes, tokens, TokenStream
 
 
@@ -38,9 +38,22 @@ def rouge_l(a: list, b: list) -> float:
     return 2 * p * r / (p + r)
 
 
+def recall_lsh_params(max_similarity: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
+    """(bands, rows) that find, with probability >= recall, every pair that can exceed max_similarity.
+
+    ROUGE-L F > s needs an LCS of l > s(m+n)/2 tokens, so the token sets overlap by at least
+    J = s / (2 - s) (0.54 for 0.7); among the exact divisors of num_perm, take the banding with
+    the fewest chance collisions (largest rows) that still catches J with the given recall.
+    """
+    j_min = max_similarity / (2 - max_similarity)
+    options = [(num_perm // r, r) for r in range(1, num_perm + 1) if num_perm % r == 0]
+    ok = [(b, r) for b, r in options if 1 - (1 - j_min**r) ** b >= recall]
+    return max(ok, key=lambda br: br[1]) if ok else (num_perm, 1)
+
+
 def token_set_shingles(texts: list[str], max_tokens: int) -> Shingles:
     """Unigram hashes of each text's first `max_tokens` tokens (all texts, even short ones)."""
-    stream = token_hashes(encode_batch(texts))
+    stream = token_hashes(encode_batch(texts), cjk_chars="always")  # the same tokens as rouge_l sees
     # position of each token within its text, to cut at max_tokens
     counts = stream.counts()
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -52,7 +65,7 @@ def token_set_shingles(texts: list[str], max_tokens: int) -> Shingles:
 
 
 def diversity_filter(
-    texts: list[str], max_similarity: float = 0.7, candidate_threshold: float = 0.3, num_perm: int = 64,
+    texts: list[str], max_similarity: float = 0.7, candidate_recall: float = 0.99, num_perm: int = 96,
     max_tokens: int = 256, seed: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(similar_to, score, n_candidates): similar_to[i] is the kept text i is too similar to, or -1."""
@@ -62,7 +75,7 @@ def diversity_filter(
     if len(sh.rows) < 2:
         return similar_to, score, 0
     sig = signatures(sh, num_perm, seed)
-    local = candidate_pairs(sig, *lsh_params(candidate_threshold, num_perm))
+    local = candidate_pairs(sig, *recall_lsh_params(max_similarity, num_perm, candidate_recall))
     if len(local) == 0:
         return similar_to, score, 0
     pairs = sh.rows[local]  # back to text indices; rows are sorted, so i < j holds

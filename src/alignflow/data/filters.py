@@ -108,7 +108,7 @@ def strip_html(text: str) -> str:
     tree = LexborHTMLParser(_BLOCK_END_RE.sub(r"\1\n", text))
     tree.strip_tags(["script", "style"])
     root = tree.body or tree.root
-    return root.text(separator="") if root is not None else ""
+    return root.text(separator="").strip() if root is not None else ""
 
 
 def normalize_whitespace(text: str) -> str:
@@ -301,7 +301,7 @@ def safety_check(record: dict, kind: str, p: SafetyParams) -> Verdict:
 
 PII_PATTERNS: dict[str, tuple[re.Pattern, str]] = {
     "email": (re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), "[EMAIL]"),
-    "ip": (re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.])"), "[IP]"),
+    "ip": (re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\w|\.\d)"), "[IP]"),
     "phone": (
         re.compile(
             r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)\s?|\d{3}[\s.-])\d{3,4}[\s.-]\d{4}(?![\w])"  # (555) 123-4567, 555-123-4567

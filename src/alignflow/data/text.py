@@ -14,6 +14,7 @@ between words) into characters.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ _POLY = np.uint64(0x100000001B3)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer, elementwise on uint64 (wrapping arithmetic is intended)."""
+    """splitmix64 finalizer, elementwise on uint64 (wrapping arithmetic is intended); returns a new array."""
     x = x.astype(np.uint64, copy=True)
     with np.errstate(over="ignore"):
         x ^= x >> np.uint64(30)
@@ -99,11 +100,38 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _is_cjk_cp(cps: np.ndarray) -> np.ndarray:
-    mask = np.zeros(cps.shape, dtype=bool)
+@functools.lru_cache(maxsize=1)
+def _cjk_bmp_table() -> np.ndarray:
+    table = np.zeros(0x10000, dtype=bool)
     for lo, hi in CJK_RANGES:
-        mask |= (cps >= lo) & (cps <= hi)
+        if lo < 0x10000:
+            table[lo : min(hi, 0xFFFF) + 1] = True
+    return table
+
+
+def _is_cjk_cp(cps: np.ndarray) -> np.ndarray:
+    mask = _cjk_bmp_table()[cps & 0xFFFF] & (cps < 0x10000)
+    for lo, hi in CJK_RANGES:
+        if hi >= 0x10000:
+            mask |= (cps >= lo) & (cps <= hi)
     return mask
+
+
+def _segment_count(mask: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    csum = np.zeros(len(mask) + 1, dtype=np.int32 if len(mask) < 2**31 - 1 else np.int64)
+    np.cumsum(mask, out=csum[1:])
+    return csum[ends] - csum[starts]
+
+
+@functools.lru_cache(maxsize=1)
+def _char_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Tabulation hashing: a fixed random 64-bit value per code point (mod 2^16) and an odd
+    multiplier per position in the token. Space and separator map to 0, so they add nothing."""
+    rng = np.random.default_rng(0x5EED)
+    values = rng.integers(1, 2**63, size=0x10000, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    values[[0, 32]] = 0
+    position = rng.integers(1, 2**63, size=64, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    return values, position
 
 
 @dataclass
@@ -119,31 +147,55 @@ class EncodedBatch:
     def lengths(self) -> np.ndarray:
         return self.ends - self.starts
 
+    def doc_of_position(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.starts), dtype=np.int64), self.lengths + 1)[: len(self.cps)]
+
+
+@functools.lru_cache(maxsize=1)
+def _fold_table() -> np.ndarray:
+    """BMP code point -> its match form: NFKC + lower case when that is one word character, else space.
+
+    A lookup table makes normalization one numpy gather instead of per-character Python; the
+    rare NFKC expansions to several characters (ligatures) are kept as they are.
+    """
+    chars = [chr(c) if not 0xD800 <= c <= 0xDFFF else " " for c in range(0x10000)]
+    table = np.full(0x10000, 32, dtype=np.uint32)
+    for c, ch in enumerate(chars):
+        folded = unicodedata.normalize("NFKC", ch).lower()
+        if len(folded) != 1:
+            folded = ch.lower() if len(ch.lower()) == 1 else ch
+        if folded.isalnum() or folded == "_" or unicodedata.category(folded) in ("Mn", "Mc"):
+            table[c] = ord(folded)
+    return table
+
 
 def encode_batch(texts: list[str], cjk_threshold: float = DEFAULT_CJK_RATIO) -> EncodedBatch:
-    """Normalize all texts at once (lower case, punctuation -> one space) and view them as code points."""
-    joined = "\x00".join(t.replace("\x00", " ") for t in texts)
-    joined = _NON_WORD_RE.sub(" ", unicodedata.normalize("NFKC", joined).lower())
-    cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    """Normalize all texts at once (NFKC, lower case, punctuation/symbols -> one space) as code points."""
+    if not texts:
+        empty = np.zeros(0, dtype=np.int64)
+        return EncodedBatch(np.zeros(0, dtype=np.uint32), empty, empty, np.zeros(0, dtype=bool))
+    raw = np.frombuffer("\x00".join(texts).encode("utf-32-le"), dtype=np.uint32)
+    seps = np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))[:-1] + 1) - 1
+    cps = _fold_table()[raw & 0xFFFF]
+    astral = np.flatnonzero(raw > 0xFFFF)  # rare: CJK extensions are kept, emoji etc. become spaces
+    if len(astral):
+        cps[astral] = np.where(_is_cjk_cp(raw[astral]), raw[astral], 32)
+    cps[seps] = 0
+    # one space between words, none at the edges of a text
+    sp = cps == 32
+    edge = np.empty_like(sp)
+    edge[0], edge[1:] = True, sp[:-1] | (cps[:-1] == 0)
+    cps = cps[~(sp & edge)]
+    trailing = np.empty(len(cps), dtype=bool)
+    trailing[-1:], trailing[:-1] = cps[-1:] == 32, (cps[:-1] == 32) & (cps[1:] == 0)
+    cps = cps[~trailing]
     seps = np.flatnonzero(cps == 0)
-    if len(seps) != len(texts) - 1:  # NFKC never produces \x00, but be defensive
-        raise ValueError("text separator lost during normalization")
     starts = np.concatenate([[0], seps + 1]).astype(np.int64)
     ends = np.concatenate([seps, [len(cps)]]).astype(np.int64)
-    if not texts:
-        starts = ends = np.zeros(0, dtype=np.int64)
-    cjk_chars = _is_cjk_cp(cps).astype(np.int64)
-    text_chars = (cps != 32).astype(np.int64)
-    cjk_count = _segment_sum(cjk_chars, starts, ends)
-    char_count = _segment_sum(text_chars, starts, ends)
-    cjk = cjk_count >= cjk_threshold * np.maximum(char_count, 1)
-    cjk &= cjk_count > 0
+    cjk_count = _segment_count(_is_cjk_cp(cps), starts, ends)
+    char_count = _segment_count(cps > 32, starts, ends)
+    cjk = (cjk_count > 0) & (cjk_count >= cjk_threshold * np.maximum(char_count, 1))
     return EncodedBatch(cps=cps, starts=starts, ends=ends, cjk=cjk)
-
-
-def _segment_sum(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    csum = np.concatenate([[0], np.cumsum(values)])
-    return csum[ends] - csum[starts]
 
 
 @dataclass
@@ -151,42 +203,59 @@ class TokenStream:
     """Token hashes of many texts, flat, with the text each token belongs to."""
 
     hashes: np.ndarray  # uint64
-    doc: np.ndarray  # int64 text index per token
+    doc: np.ndarray  # int64 text index per token (sorted)
     n_docs: int
+    _counts: np.ndarray | None = None
 
     def counts(self) -> np.ndarray:
-        return np.bincount(self.doc, minlength=self.n_docs)
+        if self._counts is None:
+            self._counts = np.bincount(self.doc, minlength=self.n_docs)
+        return self._counts
 
 
-def token_hashes(batch: EncodedBatch, cjk_chars: bool = True) -> TokenStream:
+def token_hashes(batch: EncodedBatch, cjk_chars: bool | str = True) -> TokenStream:
     """One uint64 hash per token: a word (run of non-space code points) or, in CJK texts, a character.
 
-    A word's hash sums a per-(code point, position-in-word) hash, so it is order-aware and needs
-    no Python loop; CJK texts contribute each non-space character as a token.
+    A token's hash is the wrapping sum of value[code point] * multiplier[position in token] over
+    its characters (tabulation hashing), then mixed: order-aware, stable across runs, and a
+    handful of whole-array numpy passes instead of a Python loop per token.
     """
     cps = batch.cps
     n_docs = len(batch.starts)
     if n_docs == 0 or len(cps) == 0:
         return TokenStream(np.zeros(0, np.uint64), np.zeros(0, np.int64), n_docs)
-    doc_of_pos = np.repeat(np.arange(n_docs, dtype=np.int64), batch.lengths + 1)[: len(cps)]
-    is_char = (cps != 32) & (cps != 0)
-    char_mode = batch.cjk[doc_of_pos] if cjk_chars else np.zeros(len(cps), dtype=bool)
-    # A token starts at a text character whose predecessor is a space/separator, or anywhere in char mode.
-    prev_is_char = np.concatenate([[False], is_char[:-1]])
-    starts_token = is_char & (~prev_is_char | char_mode)
-    token_id = np.cumsum(starts_token) - 1
-    pos = np.flatnonzero(is_char)
-    tid = token_id[pos]
+    is_char = cps > 32  # after encode_batch: 0 = separator, 32 = space, the rest are word characters
+    starts_token = is_char.copy()
+    # A token starts at a character after a space/separator, or at every character in CJK mode.
+    cont = is_char[1:] & is_char[:-1]
+    if cjk_chars == "always":
+        cjk = _is_cjk_cp(cps)
+        cont &= ~(cjk[1:] | cjk[:-1])
+    elif cjk_chars and batch.cjk.any():
+        cont &= ~np.repeat(batch.cjk, batch.lengths + 1)[1 : len(cps)]
+    starts_token[1:] &= ~cont
     first_pos = np.flatnonzero(starts_token)
-    pos_in_token = (pos - first_pos[tid]).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        per_char = mix64(cps[pos].astype(np.uint64) ^ (pos_in_token << np.uint64(32)))
     if len(first_pos) == 0:
         return TokenStream(np.zeros(0, np.uint64), np.zeros(0, np.int64), n_docs)
-    # Every token has >= 1 character and tid is sorted: a segmented (wrapping) sum per token.
-    boundaries = np.flatnonzero(np.concatenate([[True], tid[1:] != tid[:-1]]))
-    hashes = np.add.reduceat(per_char, boundaries)
-    return TokenStream(mix64(hashes), doc_of_pos[first_pos], n_docs)
+    # int32 indices when they fit: half the memory traffic of int64 on these full-length passes
+    itype = np.int32 if len(cps) < 2**31 - 1 else np.int64
+    tid = np.cumsum(starts_token, dtype=itype)
+    tid -= 1
+    # positions before the first token (tid -1) are separators, whose value is 0 anyway
+    pos_in_token = np.arange(len(cps), dtype=itype)
+    pos_in_token -= first_pos.astype(itype)[tid]
+    pos_in_token &= 63
+    values, position = _char_tables()
+    with np.errstate(over="ignore"):
+        per_char = values[cps & 0xFFFF]
+        per_char *= position[pos_in_token]
+        # segments run from one token start to the next: spaces/separators inside them add 0
+        hashes = np.add.reduceat(per_char, first_pos)
+    # tokens per text from the running token count at the text boundaries
+    before = np.concatenate([[0], tid + 1])  # tokens started before each position
+    counts = before[batch.ends] - before[batch.starts]
+    doc = np.repeat(np.arange(n_docs, dtype=np.int64), counts)
+    return TokenStream(mix64(hashes), doc, n_docs, counts)
 
 
 def ngram_hashes(stream: TokenStream, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,23 +267,13 @@ def ngram_hashes(stream: TokenStream, n: int) -> tuple[np.ndarray, np.ndarray]:
     m = len(h) - n + 1
     if m <= 0:
         return np.zeros(0, np.uint64), np.zeros(stream.n_docs + 1, np.int64)
-    acc = np.zeros(m, dtype=np.uint64)
+    acc = h[:m].copy()
     with np.errstate(over="ignore"):
-        for k in range(n):
-            acc = acc * _POLY + h[k : k + m]
+        for k in range(1, n):  # polynomial rolling hash, in place
+            acc *= _POLY
+            acc += h[k : k + m]
     valid = doc[:m] == doc[n - 1 :]
     grams = mix64(acc[valid] ^ _GOLD)
-    counts = np.bincount(doc[:m][valid], minlength=stream.n_docs)
+    counts = np.maximum(stream.counts() - (n - 1), 0)  # a text with t tokens has t-n+1 n-grams
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return grams, offsets
-
-
-def char_window_hashes(batch: EncodedBatch, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes of every `width`-character window (spaces kept) of each normalized text."""
-    cps = batch.cps.astype(np.uint64)
-    doc = np.repeat(np.arange(len(batch.starts), dtype=np.int64), batch.lengths + 1)[: len(cps)]
-    stream = TokenStream(mix64(cps), doc, len(batch.starts))
-    # Separators are not part of any text: drop them so windows never cross texts.
-    keep = batch.cps != 0
-    stream = TokenStream(stream.hashes[keep], stream.doc[keep], stream.n_docs)
-    return ngram_hashes(stream, width)

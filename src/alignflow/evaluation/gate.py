@@ -114,7 +114,7 @@ def apply_decision(
 
     - `candidate` already points at `candidate_version` (set by whoever registered it);
     - on pass, `champion` → `candidate_version`; the version gets `alignflow.gate=passed|failed`;
-    - the decision goes to the eval run as tags, a JSON artifact, and stdout.
+    - the decision goes to the eval run as tags, to `out_path` (JSON; the caller logs it), and stdout.
     Returns the JSON-able record that was written.
     """
     record = {**decision.to_dict(), "model": POLICY_MODEL, "candidate_version": candidate_version,
@@ -140,8 +140,6 @@ def apply_decision(
             "gate.candidate_version": candidate_version or "",
             "gate.reasons": "; ".join(decision.reasons)[:4900],
         })
-        if out_path is not None:
-            tracker.log_artifact(out_path)
     print(decision.summary() + (f"\n  (alignflow-policy v{candidate_version})" if candidate_version else
                                 "\n  (candidate not registered: registry unchanged)"), flush=True)
     log.info("gate decision: %s", json.dumps(record, default=str)[:2000])

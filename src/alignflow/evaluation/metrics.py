@@ -85,42 +85,47 @@ def length_ratio(candidate_lengths: Sequence[float], reference_lengths: Sequence
 
 
 # ----------------------------------------------------------------------------- phrase detection
-# Phrase lists: the rank stage's rule penalties (alignflow.rlhf.judges) define what a refusal or
-# an apology is; eval imports the same lists so the two stages agree. The defaults below are the
-# fallback when that module does not export them.
+# What counts as a refusal or an apology is defined once, by the rank stage's rule penalties
+# (alignflow.rlhf.judges.REFUSAL_PHRASES / APOLOGY_PHRASES: substrings of the lower-cased text),
+# so the judge that makes the pairs and the eval that reports the rates agree. The regexes below
+# add the paraphrases those fixed strings miss ("I won't help", "I'm so sorry"); identity
+# statements ("as an AI") are their own diagnostic, not a refusal.
 
-DEFAULT_REFUSAL_PATTERNS = (
-    r"\bi (?:can(?:not|'t|’t)|won(?:'t|’t)|will not|am not able to|'m not able to|am unable to|'m unable to) "
+EXTRA_REFUSAL_PATTERNS = (
+    r"\bi (?:can(?:not|'t)|won't|will not|am not able to|'m not able to|am unable to|'m unable to) "
     r"(?:help|assist|provide|answer|do that|comply|support|fulfill|share|give)",
     r"\bi(?: must|'m going to| have to)? (?:refuse|decline)\b",
-    r"\b(?:sorry|apologi[sz]e),? (?:but )?i (?:can(?:not|'t|’t)|won(?:'t|’t)|am not able|'m not able)",
-    r"\bi(?:'m| am) not (?:comfortable|able to|going to) (?:help|assist|provide|answer|do)",
+    r"\bi(?:'m| am) not (?:comfortable|going to) (?:help|assist|provide|answer|do)",
     r"\b(?:it|that|this) (?:is|would be) (?:not appropriate|inappropriate|unethical|illegal) (?:for me )?to\b",
-    r"\bi can(?:not|'t|’t) (?:and will not|in good conscience)\b",
 )
-DEFAULT_APOLOGY_PATTERNS = (
-    r"\bi(?:'m| am) (?:so |very |truly |really )?sorry\b",
+EXTRA_APOLOGY_PATTERNS = (
+    r"\bi(?:'m| am) (?:so |very |truly |really |deeply )?sorry\b",
     r"\bi apologi[sz]e\b",
     r"\bmy apologies\b",
     r"\bsorry for (?:the|any) (?:confusion|inconvenience)\b",
 )
-AS_AN_AI_PATTERN = r"\bas an? (?:ai|a\.i\.|artificial intelligence|language model|large language model|llm|ai language model|ai assistant)\b"
+AS_AN_AI_PATTERN = (r"\bas an? (?:ai|a\.i\.|artificial intelligence|language model|large language model|llm|"
+                    r"ai language model|ai assistant)\b|\bi'm (?:just|only) an ai\b|作为(?:一个)?(?:ai|人工智能)")
 PLEASE_PATTERN = r"\bplease\b"
-REPEATED_PUNCT_PATTERN = r"[?!]{2,}|\.{4,}"
-LIST_ITEM_PATTERN = r"^\s*(?:\d+[.)]|[-*•])\s+\S"
+REPEATED_PUNCT_PATTERN = r"[?!？！]{2,}|\.{4,}"
+LIST_ITEM_PATTERN = r"^\s*(?:\d+[.)、]|[-*•])\s*\S"
 # "Overall, ..." / "In summary, ..." closing a list: the verbose-structure pattern of seed 002.
-SUMMARY_CLOSER_PATTERN = r"\b(?:overall|in summary|in conclusion|to summarize|to sum up|all in all)\b"
+SUMMARY_CLOSER_PATTERN = r"\b(?:overall|in summary|in conclusion|to summarize|to sum up|all in all)\b|总(?:体|的)?而言|总之"
+_IDENTITY = re.compile(AS_AN_AI_PATTERN, re.IGNORECASE)
 
 
-def _phrase_lists() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(refusal, apology) regex patterns: the rank judges' lists when they exist, else ours."""
+def _normalize(text: str) -> str:
+    return text.lower().replace("’", "'")
+
+
+def judge_phrase_lists() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(refusal, apology) substrings from the rank judges' rule penalties (identity phrases removed)."""
     try:
-        from alignflow.rlhf import judges
-    except ImportError:
-        return DEFAULT_REFUSAL_PATTERNS, DEFAULT_APOLOGY_PATTERNS
-    refusal = tuple(getattr(judges, "REFUSAL_PATTERNS", ())) or DEFAULT_REFUSAL_PATTERNS
-    apology = tuple(getattr(judges, "APOLOGY_PATTERNS", ())) or DEFAULT_APOLOGY_PATTERNS
-    return refusal, apology
+        from alignflow.rlhf.judges import APOLOGY_PHRASES, REFUSAL_PHRASES
+    except ImportError:  # the rlhf package is optional for these pure metrics
+        return (), ()
+    refusal = tuple(p for p in REFUSAL_PHRASES if not _IDENTITY.search(p))
+    return refusal, tuple(APOLOGY_PHRASES)
 
 
 _compiled: dict[str, re.Pattern] = {}
@@ -133,29 +138,31 @@ def _rx(pattern: str, flags: int = re.IGNORECASE) -> re.Pattern:
     return _compiled[key]
 
 
-def _any(patterns: Sequence[str], text: str) -> bool:
-    return any(_rx(p).search(text) for p in patterns)
+def _matches(text: str, phrases: Sequence[str], patterns: Sequence[str]) -> bool:
+    low = _normalize(text)
+    return any(p in low for p in phrases) or any(_rx(p).search(low) for p in patterns)
 
 
 def is_refusal(text: str) -> bool:
-    refusal, _ = _phrase_lists()
-    return _any(refusal, text)
+    return _matches(text, judge_phrase_lists()[0], EXTRA_REFUSAL_PATTERNS)
+
+
+def is_apology(text: str) -> bool:
+    return _matches(text, judge_phrase_lists()[1], EXTRA_APOLOGY_PATTERNS)
 
 
 def phrase_flags(text: str) -> dict[str, bool]:
     """Which over-optimization signs one response shows (seed 002 §3.4.3)."""
-    refusal, apology = _phrase_lists()
-    list_items = len(_rx(LIST_ITEM_PATTERN, re.MULTILINE).findall(text))
-    is_list = list_items >= 3
-    tail = text.strip()[-300:]
+    low = _normalize(text)
+    is_list = len(_rx(LIST_ITEM_PATTERN, re.MULTILINE).findall(text)) >= 3
     return {
-        "apology": _any(apology, text),
-        "refusal": _any(refusal, text),
-        "as_an_ai": bool(_rx(AS_AN_AI_PATTERN).search(text)),
-        "please": bool(_rx(PLEASE_PATTERN).search(text)),
+        "apology": is_apology(text),
+        "refusal": is_refusal(text),
+        "as_an_ai": bool(_rx(AS_AN_AI_PATTERN).search(low)),
+        "please": bool(_rx(PLEASE_PATTERN).search(low)),
         "repeated_punct": bool(_rx(REPEATED_PUNCT_PATTERN).search(text)),
         "list": is_list,
-        "list_overall": is_list and bool(_rx(SUMMARY_CLOSER_PATTERN).search(tail)),
+        "list_overall": is_list and bool(_rx(SUMMARY_CLOSER_PATTERN).search(low.strip()[-300:])),
     }
 
 

@@ -13,7 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from alignflow.models.specs import META_FILE, ModelSpecError, read_meta, resolve_base_ref, resolve_spec
+from alignflow.models.specs import (
+    META_FILE,
+    ModelSpecError,
+    check_base_digest,
+    read_meta,
+    resolve_base_ref,
+    resolve_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +108,9 @@ def load_model_dir(path: Path, meta: dict, *, dtype="auto", trust_remote_code: b
 
         if not meta.get("base"):
             raise ModelSpecError(f"{path}/{META_FILE}: an adapter needs its 'base' model spec")
-        base_dir = resolve_spec(resolve_base_ref(meta["base"], path))
+        base_ref = resolve_base_ref(meta["base"], path)
+        check_base_digest(meta, base_ref, path)
+        base_dir = resolve_spec(base_ref)
         base = auto.from_pretrained(base_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra)
         _sync_pad(base, tokenizer)
         model = PeftModel.from_pretrained(base, str(path))

@@ -249,9 +249,30 @@ def _dir_digest(path: Path, names: tuple[str, ...]) -> str:
     return h.hexdigest()[:16]
 
 
+def model_dir_digest(path: str | os.PathLike) -> str:
+    """Content digest of a models/* dir (weights/adapter + meta): what a model built on it records."""
+    path = Path(path)
+    names = tuple(sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file()))
+    return _dir_digest(path, names)
+
+
+def check_base_digest(meta: dict, base_path: str, model_dir: Path) -> None:
+    """A model trained on models/sft must not silently load on top of a different, retrained one."""
+    expected = meta.get("base_digest")
+    if expected and Path(base_path).is_dir() and read_meta(base_path) is not None:
+        actual = model_dir_digest(base_path)
+        if actual != expected:
+            raise ModelSpecError(
+                f"{model_dir}: was trained on top of {meta['base']} with digest {expected}, but that directory now "
+                f"holds {actual} (retrained?): re-run the stage that made {model_dir}"
+            )
+
+
 def resolve_adapter_dir(path: Path, meta: dict) -> Path:
     """A models/* dir holding a PEFT adapter -> a cached copy with the adapter merged in."""
-    base_dir = resolve_spec(resolve_base_ref(meta["base"], path))
+    base_ref = resolve_base_ref(meta["base"], path)
+    check_base_digest(meta, base_ref, path)
+    base_dir = resolve_spec(base_ref)
     digest = _dir_digest(path, ("adapter_model.safetensors", "adapter_config.json", META_FILE))
     key = f"merged-{meta.get('kind', 'causal_lm')}-{digest}-{hashlib.sha256(str(base_dir).encode()).hexdigest()[:8]}-v{CACHE_VERSION}"
 

@@ -43,8 +43,6 @@ def stage_env(params: Params) -> dict[str, str]:
         "ALIGNFLOW_PARENT_RUN_ID": xcom("run_id"),
         # The URI the start task resolved, so the children log to the parent's server.
         "MLFLOW_TRACKING_URI": xcom("tracking_uri"),
-        "AIRFLOW_DAG_RUN_ID": "{{ run_id }}",
-        "HF_HUB_OFFLINE": "1",  # stages load models from the image or the checkout, not the Hub
     }
     if params.ray.address:
         env["RAY_ADDRESS"] = params.ray.address
@@ -55,7 +53,7 @@ def stage_script(stage: str) -> str:
     return f"dvc repro --single-item {shlex.quote(stage)}"
 
 
-def dvc_sync_script(action: str, remote: str | None) -> str:
+def dvc_sync_script(action: str, remote: str | None, endpoint_url: str | None = None) -> str:
     """`dvc pull` before the stages / `dvc push` after them; exit 99 (skipped) with no remote."""
     if action not in ("pull", "push"):
         raise ValueError(f"action must be pull or push, got {action!r}")
@@ -63,6 +61,8 @@ def dvc_sync_script(action: str, remote: str | None) -> str:
         return f"echo 'orchestration.dvc_remote is not set: nothing to {action}'; exit {SKIP_EXIT_CODE}"
     # --local: the remote goes to .dvc/config.local, never into the committed config.
     add = f"dvc remote add --local --force {DVC_REMOTE_NAME} {shlex.quote(remote)}"
+    if endpoint_url:
+        add += f" && dvc remote modify --local {DVC_REMOTE_NAME} endpointurl {shlex.quote(endpoint_url)}"
     if action == "pull":
         # --allow-missing: a first run has nothing on the remote yet; --run-cache lets
         # `dvc repro` restore stages it has seen with the same deps instead of re-running them.
@@ -95,7 +95,8 @@ class OperatorFactory:
 
     def dvc_sync(self, action: str, **kwargs):
         task_id = PULL_TASK if action == "pull" else PUSH_TASK
-        return self._operator(task_id, dvc_sync_script(action, self.orch.dvc_remote), gpus=0, **kwargs)
+        script = dvc_sync_script(action, self.orch.dvc_remote, self.orch.dvc_endpoint_url)
+        return self._operator(task_id, script, gpus=0, **kwargs)
 
     def _operator(self, task_id: str, script: str, gpus: int, **kwargs):
         build = {"local": self._local, "docker": self._docker, "kubernetes": self._kubernetes}[self.orch.backend]

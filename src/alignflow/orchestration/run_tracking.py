@@ -100,7 +100,8 @@ def finish_parent_run(run_id: str, tracking_uri: str, checkout: Path, failed: li
     if failed:
         _client(tracking_uri).set_tag(run_id, "alignflow.failed_tasks", ",".join(failed))
     if not (checkout / "dvc.lock").exists():
-        log.warning("%s not visible on this worker: the parent run gets no dvc.lock tags", checkout / "dvc.lock")
+        log.warning("no %s (no stage ran, or this worker does not see the checkout): no dvc.lock tags",
+                    checkout / "dvc.lock")
     mlflow.set_tracking_uri(tracking_uri)  # finish_pipeline_run uses the default client
     tracking.finish_pipeline_run(run_id, status=status, lock_path=str(checkout / "dvc.lock"))
     log.info("MLflow parent run %s: %s%s", run_id, status, f" (failed: {', '.join(failed)})" if failed else "")

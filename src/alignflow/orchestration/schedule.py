@@ -25,5 +25,5 @@ def build_schedule(orch: OrchestrationParams):
     timetable = CronTriggerTimetable(orch.schedule, timezone="UTC") if orch.schedule else None
     asset = raw_data_asset(orch)
     if timetable and asset:
-        return AssetOrTimeSchedule(timetable=timetable, assets=[asset])
+        return AssetOrTimeSchedule(timetable=timetable, assets=asset)
     return timetable or asset

@@ -1,0 +1,3 @@
+-- One PostgreSQL for the compose stack, a database per service (owner: POSTGRES_USER).
+CREATE DATABASE mlflow;
+CREATE DATABASE airflow;

@@ -1,0 +1,200 @@
+"""rank: judges score each prompt's K samples; rankings become preference pairs -> data/prefs/.
+
+InstructGPT §3.5 turns each labeler ranking of K responses into all K-choose-2 comparisons (and
+trains on all pairs of a prompt together); `rank.pairs: best_vs_worst` keeps only the clearest
+one per prompt. A pair's margin is the judge's score gap; pairs below `rank.min_margin` are
+dropped (gaps at or below `rank.tie_tolerance` count as ties). Human preference pairs from the
+format stage are mixed in at `rank.human_weight` human pairs per judge pair. With two judges the
+second one's agreement with the first is reported (a cheap check on the judge itself).
+
+Outputs: data/prefs/{train,val}.jsonl (preference records), data/prefs/kto.jsonl (unpaired
+{"prompt","completion","label"} for KTO), data/prefs/labelstudio_tasks.json (+ the labeling config).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+from alignflow.io import InputError, atomic_dir, content_id, read_jsonl, write_jsonl
+from alignflow.rlhf import labelstudio
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PATH = Path("data/samples/samples.jsonl")
+HUMAN_PREFS_PATH = Path("data/formatted/prefs_train.jsonl")
+OUT_DIR = Path("data/prefs")
+
+
+def make_pairs(scores: list[float], mode: str = "all", min_margin: float = 0.0,
+               tie_tolerance: float = 1e-6) -> tuple[list[tuple[int, int, float]], Counter]:
+    """(chosen index, rejected index, margin) from one prompt's scores; NaN scores take no part.
+
+    Returns the kept pairs and counts of candidates, ties and pairs dropped below the margin.
+    """
+    valid = [i for i, s in enumerate(scores) if not math.isnan(s)]
+    stats = Counter()
+    if mode == "all":
+        candidates = list(itertools.combinations(valid, 2))
+    elif mode == "best_vs_worst":
+        if len(valid) < 2:
+            return [], stats
+        best = max(valid, key=lambda i: scores[i])
+        worst = min(valid, key=lambda i: scores[i])
+        candidates = [(best, worst)] if best != worst else [(valid[0], valid[1])]
+    else:
+        raise ValueError(f"rank.pairs: {mode!r} is not 'all' or 'best_vs_worst'")
+    kept = []
+    for i, j in candidates:
+        stats["candidates"] += 1
+        gap = scores[i] - scores[j]
+        if abs(gap) <= tie_tolerance:
+            stats["ties"] += 1
+            continue
+        if abs(gap) < min_margin:
+            stats["below_margin"] += 1
+            continue
+        kept.append((i, j, gap) if gap > 0 else (j, i, -gap))
+    return kept, stats
+
+
+def pairwise_agreement(first: list[float], second: list[float], tie_tolerance: float = 1e-6) -> tuple[int, int]:
+    """(agreeing, compared): pairs both judges order strictly, counted when they order them the same."""
+    agree = total = 0
+    for i, j in itertools.combinations(range(len(first)), 2):
+        a, b = first[i] - first[j], second[i] - second[j]
+        if any(math.isnan(x) for x in (a, b)) or abs(a) <= tie_tolerance or abs(b) <= tie_tolerance:
+            continue
+        total += 1
+        agree += (a > 0) == (b > 0)
+    return agree, total
+
+
+def in_val_split(key: str, fraction: float) -> bool:
+    """A stable split by prompt: all pairs of a prompt land on the same side."""
+    digest = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16)
+    return digest / 0xFFFFFFFF < fraction
+
+
+def assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def load_samples(path: Path) -> list[dict]:
+    if not path.exists():
+        raise InputError(f"{path}: not found (run the sample stage first)")
+    out = []
+    for lineno, rec in enumerate(read_jsonl(path), 1):
+        if not isinstance(rec.get("prompt"), list) or not isinstance(rec.get("responses"), list) or "prompt_id" not in rec:
+            raise InputError(f"{path}:{lineno}: a sample record needs prompt_id, prompt (messages) and responses")
+        out.append(rec)
+    return out
+
+
+def load_human_pairs(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for lineno, rec in enumerate(read_jsonl(path), 1):
+        if not all(isinstance(rec.get(k), list) and rec.get(k) for k in ("prompt", "chosen", "rejected")):
+            raise InputError(f"{path}:{lineno}: a preference record needs prompt, chosen and rejected message lists")
+        out.append(rec)
+    return out
+
+
+def score_all(judge, samples: list[dict]) -> list[list[float]]:
+    out = []
+    for rec in samples:
+        kwargs = {"finished": rec.get("finished")} if getattr(judge, "name", "") == "reference" else {}
+        out.append(judge.score(rec["prompt"], rec["responses"], rec.get("reference"), **kwargs))
+    return out
+
+
+def run(params, tracker) -> dict:
+    from alignflow.rlhf.judges import build_judge
+
+    cfg = params.rank
+    samples = load_samples(SAMPLES_PATH)
+    started = time.perf_counter()
+    judges = [build_judge(name, params, samples) for name in cfg.judge]
+    all_scores = [score_all(j, samples) for j in judges]
+    judge_s = time.perf_counter() - started
+
+    stats: Counter = Counter()
+    judge_pairs, kto = [], []
+    for rec, scores in zip(samples, all_scores[0]):
+        kept, counts = make_pairs(scores, cfg.pairs, cfg.min_margin, cfg.tie_tolerance)
+        stats.update(counts)
+        source = f"judge:{judges[0].name}"
+        for i, j, margin in kept:
+            chosen, rejected = assistant(rec["responses"][i]), assistant(rec["responses"][j])
+            judge_pairs.append({
+                "id": content_id(rec["prompt"], chosen, rejected), "prompt": rec["prompt"], "chosen": chosen,
+                "rejected": rejected, "margin": round(margin, 6), "task": rec.get("task", "general"), "source": source,
+            })
+        if kept:  # KTO: the prompt's best response is desirable, its worst undesirable
+            used = {i for p in kept for i in p[:2]}
+            best, worst = max(used, key=lambda i: scores[i]), min(used, key=lambda i: scores[i])
+            kto.append({"prompt": rec["prompt"], "completion": assistant(rec["responses"][best]), "label": True})
+            kto.append({"prompt": rec["prompt"], "completion": assistant(rec["responses"][worst]), "label": False})
+
+    human_available = load_human_pairs(HUMAN_PREFS_PATH) if cfg.human_weight > 0 else []
+    want = len(human_available) if not judge_pairs else round(cfg.human_weight * len(judge_pairs))
+    human = [
+        {**r, "margin": r.get("margin", 0.0), "source": r.get("source", "human")}
+        for r in random.Random(params.seed).sample(human_available, min(want, len(human_available)))
+    ]
+    for rec in human:
+        kto.append({"prompt": rec["prompt"], "completion": rec["chosen"], "label": True})
+        kto.append({"prompt": rec["prompt"], "completion": rec["rejected"], "label": False})
+
+    train, val = [], []
+    for rec in judge_pairs + human:
+        (val if in_val_split(content_id(rec["prompt"]), cfg.val_fraction) else train).append(rec)
+    if not train:
+        raise InputError(
+            f"rank: no preference pairs left (judge {cfg.judge[0]}, min_margin {cfg.min_margin}); "
+            "lower rank.min_margin, sample more prompts, or add human preferences"
+        )
+    random.Random(params.seed).shuffle(train)
+
+    with atomic_dir(OUT_DIR) as tmp:
+        write_jsonl(tmp / "train.jsonl", train)
+        write_jsonl(tmp / "val.jsonl", val)
+        write_jsonl(tmp / "kto.jsonl", kto)
+        labelstudio.write_tasks(labelstudio.export_tasks(samples, cfg.labelstudio_mode), tmp / "labelstudio_tasks.json")
+        (tmp / "labelstudio_config.xml").write_text(labelstudio.LABEL_CONFIG[cfg.labelstudio_mode] + "\n")
+
+    margins = [p["margin"] for p in judge_pairs]
+    metrics = {
+        "prompts": len(samples),
+        "pairs_candidate": stats["candidates"],
+        "pairs_judge": len(judge_pairs),
+        "ties": stats["ties"],
+        "dropped_below_margin": stats["below_margin"],
+        "pairs_human": len(human),
+        "pairs_train": len(train),
+        "pairs_val": len(val),
+        "kto_examples": len(kto),
+        "mean_margin": round(sum(margins) / len(margins), 4) if margins else 0.0,
+        "judge_s": round(judge_s, 2),
+    }
+    for judge in judges:
+        for key, value in getattr(judge, "stats", {}).items():
+            metrics[f"{judge.name}.{key}"] = value
+    if len(judges) == 2:
+        agree = total = 0
+        for first, second in zip(*all_scores):
+            a, t = pairwise_agreement(first, second, cfg.tie_tolerance)
+            agree, total = agree + a, total + t
+        metrics["judge_agreement"] = round(agree / total, 4) if total else None
+        metrics["judge_agreement_pairs"] = total
+    log.info("rank: %d judge pairs (%d ties, %d below margin) + %d human -> %d train / %d val",
+             len(judge_pairs), stats["ties"], stats["below_margin"], len(human), len(train), len(val))
+    return metrics

@@ -1,0 +1,190 @@
+"""DPO, KTO, GRPO and RLOO with TRL's trainers, inside the Ray Train launcher.
+
+Every method starts from the SFT weights (models/sft, its adapter merged into a cached copy) and
+trains a fresh LoRA adapter on them, so the frozen reference TRL needs is the same model with the
+adapter disabled — no second copy in memory. GRPO and RLOO score their completions with our
+reward model (models/reward) through a reward function that renders conversations with the chat
+template the reward model was trained with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from alignflow.io import InputError, read_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def training_args(align, params, run_dir: str, *, per_device_batch: int) -> dict[str, Any]:
+    """TrainingArguments shared by the TRL configs (CPU-friendly defaults)."""
+    import torch
+
+    from alignflow.models import resolve_dtype
+
+    on_gpu = torch.cuda.is_available() and params.ray.use_gpu
+    dtype = resolve_dtype(params.model.dtype)
+    return dict(
+        output_dir=run_dir,
+        per_device_train_batch_size=per_device_batch,
+        gradient_accumulation_steps=align.grad_accum,
+        learning_rate=align.learning_rate,
+        max_steps=align.max_steps,
+        lr_scheduler_type="constant",  # short runs: no decay to cut the last steps short
+        logging_steps=1,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=align.save_steps,
+        save_total_limit=2,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu,
+        seed=params.seed,
+        data_seed=params.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        logging_nan_inf_filter=False,
+    )
+
+
+def lora_config(align):
+    from peft import LoraConfig
+
+    lora = align.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      task_type="CAUSAL_LM", bias="none")
+
+
+def read_table(path: str, columns: tuple[str, ...], what: str, limit: int | None = None):
+    """A datasets.Dataset of `columns` from a JSONL file; a record missing one names file:line."""
+    from datasets import Dataset
+
+    rows = []
+    for lineno, rec in enumerate(read_jsonl(path), 1):
+        missing = [c for c in columns if c not in rec]
+        if missing:
+            raise InputError(f"{path}:{lineno}: {what} record lacks {', '.join(missing)}")
+        rows.append({c: rec[c] for c in columns})
+        if limit and len(rows) >= limit:
+            break
+    if not rows:
+        raise InputError(f"{path}: no {what} records")
+    return Dataset.from_list(rows)
+
+
+def make_reward_function(reward_dir: str, device: str | None = None, batch_size: int = 8):
+    """TRL reward function (prompts, completions, **kw) -> scores from our reward model."""
+    from alignflow.models import load_reward_model
+    from alignflow.rlhf.judges import score_with_reward_model
+
+    model, tokenizer = load_reward_model(reward_dir, device=device)
+    model.eval().requires_grad_(False)
+
+    def reward_model(prompts, completions, **kwargs) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        convs = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
+        return score_with_reward_model(model, tokenizer, convs, texts, batch_size)
+
+    return reward_model
+
+
+def _precompute(dpo_cfg, align, n_examples: int, per_step: int) -> bool:
+    if dpo_cfg.precompute_ref_log_probs != "auto":
+        return bool(dpo_cfg.precompute_ref_log_probs)
+    # One reference forward per example up front pays off when the run sees the data more than once.
+    return align.max_steps * per_step > n_examples
+
+
+def trl_train_loop(config: dict) -> dict[str, Any]:
+    from alignflow.config import validate
+    from alignflow.models import load_causal_lm, save_model_dir
+    from alignflow.rlhf.align_common import LengthMeter, curve_callback
+    from alignflow.training.launcher import (LOOP_DIR_KEY, is_rank_zero, prepare_hf_trainer, report_final,
+                                             resume_checkpoint, world)
+
+    params = validate(config["params"], "loop config")
+    align, method = params.align, config["method"]
+    run_dir = config[LOOP_DIR_KEY]
+    model, tokenizer = load_causal_lm(config["policy_base_dir"], dtype=params.model.dtype, device="cpu",
+                                      trust_remote_code=params.model.trust_remote_code)
+    tokenizer.padding_side = "right" if method in ("dpo", "kto") else "left"
+    _, world_size = world()
+    per_step = align.batch_size * align.grad_accum * world_size
+    common = training_args(align, params, run_dir, per_device_batch=align.batch_size)
+    beta = None
+
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        train = read_table(config["train_file"], ("prompt", "chosen", "rejected"), "preference")
+        beta = align.dpo.beta
+        args = DPOConfig(**common, beta=beta, loss_type=[align.dpo.loss_type], max_length=align.max_length,
+                         precompute_ref_log_probs=_precompute(align.dpo, align, len(train), per_step))
+        trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                             peft_config=lora_config(align))
+    elif method == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        train = read_table(config["kto_file"], ("prompt", "completion", "label"), "KTO")
+        beta = align.kto.beta
+        args = KTOConfig(**common, beta=beta, desirable_weight=align.kto.desirable_weight,
+                         undesirable_weight=align.kto.undesirable_weight, max_length=align.max_length)
+        trainer = KTOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                             peft_config=lora_config(align))
+    elif method in ("grpo", "rloo"):
+        group = getattr(align, method)
+        train = read_table(config["prompts_file"], ("prompt",), "prompt", align.max_prompts)
+        reward_fn = make_reward_function(config["reward_dir"], device="cpu" if common["use_cpu"] else None)
+        # per_device_train_batch_size counts completions: `batch_size` prompts × num_generations each.
+        group_args = dict(common, per_device_train_batch_size=align.batch_size * group.num_generations)
+        kwargs = dict(num_generations=group.num_generations, max_completion_length=align.max_new_tokens,
+                      temperature=group.temperature, beta=group.beta)
+        if method == "grpo":
+            from trl import GRPOConfig, GRPOTrainer
+
+            args = GRPOConfig(**group_args, **kwargs)
+            trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=train,
+                                  processing_class=tokenizer, peft_config=lora_config(align))
+        else:
+            from trl import RLOOConfig, RLOOTrainer
+
+            args = RLOOConfig(**group_args, **kwargs)
+            trainer = RLOOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=train,
+                                  processing_class=tokenizer, peft_config=lora_config(align))
+    else:
+        raise ValueError(f"align.method {method!r} is not a TRL method")
+
+    lengths = None
+    if method in ("dpo", "kto"):
+        lengths = LengthMeter(trainer.data_collator)
+        trainer.data_collator = lengths
+    trainer.add_callback(curve_callback(method, beta, lengths))  # first: the later callbacks see the curve keys
+    trainer = prepare_hf_trainer(trainer)
+    resume = resume_checkpoint(run_dir)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    elapsed = time.perf_counter() - started
+    history = trainer.step_metrics.history
+    train_rows = [h for h in history if "loss" in h or "reward" in h]
+    first, last = (train_rows[0], train_rows[-1]) if train_rows else ({}, {})
+    resumed = int(Path(resume).name.split("-")[-1]) if resume and Path(resume).name.split("-")[-1].isdigit() else 0
+    metrics: dict[str, Any] = {
+        "method": method,
+        "steps": trainer.state.global_step,
+        "resumed_from_step": resumed,
+        "train_examples": len(train),
+        "train_loss_mean": result.training_loss,
+        "s_per_step": round(elapsed / max(1, trainer.state.global_step - resumed), 3),
+    }
+    for key in ("reward", "kl", "entropy", "response_length", "accuracy"):
+        metrics[f"{key}_first"] = first.get(key)
+        metrics[f"{key}_last"] = last.get(key)
+    if is_rank_zero():
+        save_model_dir(trainer.model, tokenizer, config["staging_dir"], config["meta"])
+        metrics["history"] = history
+    report_final({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return metrics

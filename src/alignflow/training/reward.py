@@ -1,0 +1,186 @@
+"""reward stage: a Bradley–Terry reward model with TRL's RewardTrainer inside Ray Train.
+
+loss = -log σ(r(chosen) - r(rejected) - margin) (+ c · mean((r_c + r_r)²) when
+`reward.center_rewards_coefficient` > 0), the score read at the last token of each sequence.
+Data: data/prefs/{train,val}.jsonl (the rank stage) when present, else the formatted human pairs
+data/formatted/prefs_{train,val}.jsonl. Base: `reward.base` (models/sft by default: the SFT adapter
+merged into its base, with a fresh score head), LoRA (`peft: lora`, the head fully trained) or full.
+Outputs models/reward/, plots/reward_loss.csv, held-out pair accuracy and mean margin.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from alignflow.config import Params
+from alignflow.io import InputError
+from alignflow.training import common
+from alignflow.training.launcher import LOOP_DIR_KEY, LOOP_HINT_KEY, run_training
+
+log = logging.getLogger(__name__)
+
+OUTPUT = Path("models/reward")
+CURVE = Path("plots/reward_loss.csv")
+PREFS = Path("data/prefs")
+
+
+def preference_rows(records: list[dict], use_margin: bool) -> list[dict]:
+    """TRL's conversational preference format: prompt / chosen / rejected (+ margin)."""
+    with_margin = use_margin and any(rec.get("margin") is not None for rec in records)
+    rows = []
+    for rec in records:
+        where = rec.get("_where", "record")
+        row = {}
+        for key in ("prompt", "chosen", "rejected"):
+            if key not in rec:
+                raise InputError(f"{where}: preference record without {key!r}")
+            row[key] = common.check_messages(rec[key], f"{where} ({key})")
+        if with_margin:
+            margin = rec.get("margin")
+            try:
+                row["margin"] = float(margin) if margin is not None else 0.0
+            except (TypeError, ValueError):
+                raise InputError(f"{where}: margin must be a number (got {margin!r})") from None
+        rows.append(row)
+    return rows
+
+
+def preference_files(root: Path = Path(".")) -> tuple[Path, Path | None]:
+    """data/prefs/ (judged samples + human pairs) once the rank stage made it, else the formatted pairs."""
+    if (root / PREFS / "train.jsonl").exists():
+        val = root / PREFS / "val.jsonl"
+        return root / PREFS / "train.jsonl", val if val.exists() else None
+    train = common.require_file(root / common.FORMATTED / "prefs_train.jsonl", "preference pairs", "rank (or format)")
+    val = root / common.FORMATTED / "prefs_val.jsonl"
+    return train, val if val.exists() else None
+
+
+def train_loop(config: dict) -> dict[str, Any]:
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from alignflow.config import validate
+    from alignflow.models import save_model_dir
+    from alignflow.training.launcher import is_rank_zero, prepare_hf_trainer, report_final, resume_checkpoint
+    from alignflow.training.sft import load_for_training
+
+    params = validate(config["params"], "loop config")
+    section = params.reward
+    run_dir = config[LOOP_DIR_KEY]
+    model, tokenizer = load_for_training(config["base"], params, section.peft, reward=True)
+    common.check_context(model, section.max_length, "reward", config["base"])
+    tokenizer.padding_side = "right"
+    train_rows = preference_rows(common.read_records(Path(config["train_file"]), section.max_train_samples), section.use_margin)
+    val = None
+    if config.get("val_file"):
+        val = Dataset.from_list(
+            preference_rows(common.read_records(Path(config["val_file"]), section.max_eval_samples), section.use_margin)
+        )
+    args = RewardConfig(
+        **common.hf_args(section, params, run_dir, has_eval=val is not None),
+        max_length=section.max_length,
+        center_rewards_coefficient=section.center_rewards_coefficient or None,
+        disable_dropout=True,
+    )
+    peft_config = common.lora_config(section, "SEQ_CLS")
+    if peft_config is not None:
+        peft_config.modules_to_save = ["score"]  # the new head is trained in full
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=val,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    if len(trainer.train_dataset) == 0:
+        raise InputError(f"{config['train_file']}: every pair is longer than reward.max_length ({section.max_length})")
+    trainer = prepare_hf_trainer(trainer)
+    resume = resume_checkpoint(run_dir)
+    if resume:
+        log.info("resuming from %s", resume)
+    resumed_step = int(common.checkpoint_state(resume).get("global_step", 0))  # before rotation deletes it
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    elapsed = time.perf_counter() - started
+    state = trainer.state
+    steps_done = state.global_step - resumed_step
+    metrics: dict[str, Any] = {
+        "train_loss": common.last_logged(state.log_history, "loss"),
+        "train_loss_mean": result.training_loss,
+        "train_accuracy": common.last_logged(state.log_history, "accuracy"),
+        "steps": state.global_step,
+        "resumed_from_step": resumed_step,
+        "train_pairs": len(trainer.train_dataset),
+        "dropped_over_length": len(train_rows) - len(trainer.train_dataset),
+        "train_runtime_s": round(elapsed, 2),
+        "s_per_step": round(elapsed / max(1, steps_done), 3),
+    }
+    if val is not None:
+        # the last periodic eval, when it ran at the final step, is the final eval
+        ev = common.eval_at_step(state.log_history, state.global_step) or trainer.evaluate()
+        metrics.update({
+            "eval_loss": ev.get("eval_loss"),
+            "eval_accuracy": ev.get("eval_accuracy"),  # held-out pair accuracy: r(chosen) > r(rejected)
+            "eval_mean_margin": ev.get("eval_margin"),
+            "eval_pairs": len(trainer.eval_dataset),
+        })
+    if is_rank_zero():
+        meta = {"base": config["base"], "stage": "reward", "peft": section.peft, "max_length": section.max_length}
+        if config.get("base_digest"):
+            meta["base_digest"] = config["base_digest"]
+        save_model_dir(trainer.model, tokenizer, config["staging_dir"], {"kind": "reward", **meta})
+        metrics["history"] = trainer.step_metrics.history
+    report_final({k: v for k, v in metrics.items() if k != "history"})
+    return metrics
+
+
+def reward_base(params: Params) -> str:
+    base = params.reward.base
+    if base == "models/sft" and not Path(base).exists():
+        log.warning("reward.base: models/sft does not exist; starting from model.base (%s)", params.model.base)
+        return params.model.base
+    return base
+
+
+def loop_config(params: Params, staging: Path | None = None) -> dict[str, Any]:
+    from alignflow.models import read_meta
+    from alignflow.models.specs import model_dir_digest
+
+    train, val = preference_files()
+    base = reward_base(params)
+    staging = staging or OUTPUT.with_name(".reward.staging")
+    base_digest = model_dir_digest(base) if Path(base).is_dir() and read_meta(base) is not None else None
+    return {
+        "params": params.model_dump(mode="json", include={"seed", "model", "ray", "reward"}),
+        "base": base,
+        "base_digest": base_digest,
+        "train_file": str(train.resolve()),
+        "val_file": str(val.resolve()) if val else None,
+        "data_digest": common.file_digest(train, *( [val] if val else [])),
+        "staging_dir": str(staging.resolve()),
+        LOOP_HINT_KEY: common.oom_hint("reward", params.reward),
+    }
+
+
+def run(params: Params, tracker) -> dict[str, Any]:
+    import shutil
+
+    config = loop_config(params)
+    shutil.rmtree(config["staging_dir"], ignore_errors=True)
+    if config["base"] != params.model.base and Path(config["base"]).is_dir():
+        from alignflow.models import resolve_spec
+
+        resolve_spec(config["base"])  # merge the SFT adapter once, before the workers start
+    result = run_training(train_loop, config, params, "reward", tracking_run_id=getattr(tracker, "run_id", None))
+    metrics = dict(result.return_value or {})
+    history = metrics.pop("history", [])
+    common.promote(Path(config["staging_dir"]), OUTPUT)
+    common.write_curve(CURVE, history, {"train_loss": "loss", "eval_accuracy": "eval_accuracy"})
+    if tracker is not None:
+        tracker.log_artifact(CURVE)
+        metrics.update(common.log_and_register(params, tracker, OUTPUT, "reward", task="text-classification"))
+    return {k: v for k, v in metrics.items() if v is not None}

@@ -1,0 +1,208 @@
+"""Alignment runs on tiny models: PPO raises a toy reward under its KL target; DPO raises the
+preference accuracy on its training pairs; the stage writes the policy, the curve and metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from alignflow.config import validate
+from alignflow.io import write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+# ------------------------------------------------------------------ PPO on a toy reward
+
+
+def concentrated_tiny_model(n_tokens: int = 16):
+    """tiny:llama whose next-token distribution is limited to `n_tokens` tokens (EOS among them).
+
+    A random model spreads its mass over 49k tokens, so no target token would ever be sampled; a
+    logit bias on the output layer gives PPO a 1-in-16 start it can improve on.
+    """
+    from alignflow.models import load_causal_lm
+
+    base, tok = load_causal_lm("tiny:llama", device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    allowed = torch.randperm(base.config.vocab_size, generator=gen)[: n_tokens - 1].tolist() + [tok.eos_token_id]
+    head = nn.Linear(base.config.hidden_size, base.config.vocab_size, bias=True)
+    head.weight = base.lm_head.weight
+    with torch.no_grad():
+        head.bias.fill_(-30.0)
+        head.bias[allowed] = 0.0
+    head.bias.requires_grad_(False)
+    base.lm_head = head
+    return base, tok, allowed[0]
+
+
+def test_ppo_raises_toy_reward_within_kl_target():
+    from peft import LoraConfig, get_peft_model
+
+    from alignflow.config.rlhf import PPOParams
+    from alignflow.rlhf.ppo import PPOTrainer, make_value_head
+
+    torch.manual_seed(0)
+    base, tok, target = concentrated_tiny_model()
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+
+    def fraction_of_target(prompts, texts, response_ids):
+        return [sum(t == target for t in ids) / max(len(ids), 1) for ids in response_ids]
+
+    target_kl = 4.0
+    cfg = PPOParams(rollout_batch_size=16, mini_batch_size=8, ppo_epochs=4, init_kl_coef=0.05, target_kl=target_kl,
+                    kl_horizon=1000, temperature=1.0, missing_eos_penalty=0.0)
+    trainer = PPOTrainer(model, tok, make_value_head(model), fraction_of_target, cfg, learning_rate=1e-2,
+                         max_new_tokens=8, max_prompt_length=32, seed=0)
+    prompts = [[{"role": "user", "content": f"Say something ({i})"}] for i in range(8)]
+    history = []
+    for step in range(12):
+        rng = random.Random(step)
+        history.append(trainer.train_step([rng.choice(prompts) for _ in range(16)]))
+    first = sum(h["reward"] for h in history[:2]) / 2
+    last = sum(h["reward"] for h in history[-3:]) / 3
+    assert last > first + 0.15, [round(h["reward"], 3) for h in history]
+    assert all(h["kl"] < target_kl for h in history), [round(h["kl"], 3) for h in history]
+    assert history[-1]["kl"] > 0.05  # it did move away from the reference
+    # The reference is the adapter switched off: with the adapter on, log-probs now differ.
+    assert history[-1]["policy_clipfrac"] >= 0.0 and "value_loss" in history[-1]
+
+
+# ------------------------------------------------------------------ stage fixtures
+
+
+def make_sft_and_reward(root):
+    """models/sft (a LoRA on tiny:llama) and models/reward (a LoRA + score head on the SFT weights)."""
+    from peft import LoraConfig, get_peft_model
+
+    from alignflow.models import load_causal_lm, load_reward_model, save_model_dir
+
+    torch.manual_seed(0)
+    base, tok = load_causal_lm("tiny:llama", device="cpu")
+    sft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM",
+                                          init_lora_weights=False))  # non-zero: SFT differs from the base
+    save_model_dir(sft, tok, root / "models/sft", {"base": "tiny:llama", "stage": "sft"})
+    rm, rtok = load_reward_model(str(root / "models/sft"), device="cpu")
+    rm = get_peft_model(rm, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="SEQ_CLS",
+                                       init_lora_weights=False))
+    save_model_dir(rm, rtok, root / "models/reward", {"base": "models/sft", "kind": "reward", "stage": "reward"})
+
+
+def stage_params(tmp_path, **align):
+    return validate({
+        "model": {"base": "tiny:llama"},
+        "ray": {"storage_path": str(tmp_path / "ray")},
+        "tracking": {"log_models": False, "register_models": False},
+        "sample": {"temperature": 0.8},
+        "align": {"max_length": 96, "max_prompt_length": 48, "max_new_tokens": 8, "save_steps": 1,
+                  "lora": {"r": 4, "alpha": 8}, **align},
+    })
+
+
+def read_curve(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def seq_logps(model, tok, prompt, completion):
+    """Sum of log-probs of the completion's tokens after the chat-templated prompt."""
+    p = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(prompt + completion, tokenize=False)
+    p_ids = tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = tok(full, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+    return logp[p_ids.shape[1] - 1 :].sum().item()
+
+
+def preference_accuracy(model, tok, pairs):
+    return sum(seq_logps(model, tok, r["prompt"], r["chosen"]) > seq_logps(model, tok, r["prompt"], r["rejected"])
+               for r in pairs) / len(pairs)
+
+
+# ------------------------------------------------------------------ DPO through the stage
+
+
+def test_dpo_stage_raises_preference_accuracy(tmp_path, monkeypatch, tracker):
+    from alignflow.models import load_causal_lm
+    from alignflow.rlhf import align
+
+    monkeypatch.chdir(tmp_path)
+    make_sft_and_reward(tmp_path)
+    words = ["apple", "river", "stone", "cloud", "green", "music", "light", "paper"]
+    pairs = [{"id": f"p{i}", "prompt": [{"role": "user", "content": f"Name a word ({i})."}],
+              "chosen": [{"role": "assistant", "content": f"{w} is good"}],
+              "rejected": [{"role": "assistant", "content": f"{w} was bad"}], "margin": 0.5}
+             for i, w in enumerate(words)]
+    write_jsonl(tmp_path / "data/prefs/train.jsonl", pairs)
+    sft, tok = load_causal_lm("models/sft", device="cpu")
+    before = preference_accuracy(sft, tok, pairs)
+
+    params = stage_params(tmp_path, method="dpo", max_steps=8, batch_size=4, learning_rate=5e-3,
+                          dpo={"beta": 0.1, "precompute_ref_log_probs": True})
+    metrics = align.run(params, tracker)
+
+    policy, ptok = load_causal_lm("models/policy", device="cpu")
+    after = preference_accuracy(policy, ptok, pairs)
+    assert after >= 0.875 and after > before, (before, after)
+    meta = json.loads((tmp_path / "models/policy/alignflow_model.json").read_text())
+    assert meta["adapter"] and meta["base"] == "models/sft" and meta["method"] == "dpo"
+    assert metrics["steps"] == 8 and metrics["accuracy_last"] >= metrics["accuracy_first"]
+    curve = read_curve(tmp_path / "plots/align_curve.csv")
+    assert len(curve) >= 8 and {"reward", "kl", "entropy", "response_length"} <= set(curve[0])
+    assert all(row["reward"] and row["kl"] and row["entropy"] and row["response_length"] for row in curve[1:])
+
+
+# ------------------------------------------------------------------ PPO through the stage
+
+
+def test_ppo_stage_shares_the_base_and_resumes(tmp_path, monkeypatch, tracker):
+    from alignflow.rlhf import align
+
+    monkeypatch.chdir(tmp_path)
+    make_sft_and_reward(tmp_path)
+    write_jsonl(tmp_path / "data/formatted/prompts_train.jsonl",
+                [{"id": f"q{i}", "prompt": [{"role": "user", "content": f"Tell me about {i}."}]} for i in range(6)])
+    params = stage_params(tmp_path, method="ppo", max_steps=2, ppo={"rollout_batch_size": 4, "mini_batch_size": 2})
+    metrics = align.run(params, tracker)
+    assert metrics["reward_model_shared_base"] is True  # reward LoRA on the policy's base, not a 2nd model
+    assert metrics["steps"] == 2
+    assert (tmp_path / "models/policy/value_head.safetensors").exists()
+    saved = json.loads((tmp_path / "models/policy/adapter_config.json").read_text())
+    assert saved["task_type"] == "CAUSAL_LM"
+    assert not (tmp_path / "models/policy/reward").exists()  # the reward adapter is not part of the policy
+    curve = read_curve(tmp_path / "plots/align_curve.csv")
+    assert [r["step"] for r in curve] == ["1", "2"] and all(r["kl"] and r["reward"] for r in curve)
+
+
+def test_ppo_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """A killed run's checkpoint (adapter, value head, optimizer, β, step) is picked up again."""
+    from alignflow.config.rlhf import PPOParams
+    from alignflow.rlhf.ppo import PPOTrainer, make_value_head
+    from peft import LoraConfig, get_peft_model
+
+    base, tok, target = concentrated_tiny_model()
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    reward = lambda prompts, texts, response_ids: [float(len(ids)) for ids in response_ids]  # noqa: E731
+    cfg = PPOParams(rollout_batch_size=4, mini_batch_size=2, ppo_epochs=1)
+    kwargs = dict(learning_rate=1e-3, max_new_tokens=4, max_prompt_length=16)
+    trainer = PPOTrainer(model, tok, make_value_head(model), reward, cfg, **kwargs)
+    prompts = [[{"role": "user", "content": "hi"}]] * 4
+    trainer.train_step(prompts)
+    path = trainer.save_checkpoint(tmp_path)
+    assert (path / "trainer_state.json").exists() and path.name == "checkpoint-1"
+
+    fresh = get_peft_model(concentrated_tiny_model()[0],
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    resumed = PPOTrainer(fresh, tok, make_value_head(fresh), reward, cfg, **kwargs)
+    resumed.load_checkpoint(path)
+    assert resumed.step == 1 and resumed.kl_ctl.value == trainer.kl_ctl.value
+    a = {k: v for k, v in trainer.model.state_dict().items() if "lora_" in k}
+    b = {k: v for k, v in resumed.model.state_dict().items() if "lora_" in k}
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,71 @@
+"""rank: rankings -> pairs, margins, ties, human mixing, agreement; the stage on a tiny sample file."""
+
+from __future__ import annotations
+
+import math
+
+from alignflow.config import validate
+from alignflow.io import read_jsonl, write_jsonl
+from alignflow.rlhf import rank
+
+
+def test_make_pairs_all_k_choose_2():
+    pairs, stats = rank.make_pairs([0.9, 0.1, 0.5, 0.5], "all", min_margin=0.2)
+    # 6 candidates: (0,1) .8, (0,2) .4, (0,3) .4, (1,2) .4, (1,3) .4, (2,3) tie
+    assert stats["candidates"] == 6 and stats["ties"] == 1 and stats["below_margin"] == 0
+    assert (0, 1, 0.8) in [(c, r, round(m, 6)) for c, r, m in pairs]
+    assert all(m > 0 for _, _, m in pairs)
+    assert (2, 1) in [(c, r) for c, r, _ in pairs]  # the better one is always "chosen"
+    pairs, stats = rank.make_pairs([0.9, 0.1, 0.5, 0.5], "all", min_margin=0.5)
+    assert [(c, r) for c, r, _ in pairs] == [(0, 1)] and stats["below_margin"] == 4
+
+
+def test_make_pairs_best_vs_worst_and_nan():
+    pairs, _ = rank.make_pairs([0.2, float("nan"), 0.7, 0.4], "best_vs_worst")
+    assert [(c, r) for c, r, _ in pairs] == [(2, 0)]
+    assert math.isclose(pairs[0][2], 0.5)
+    pairs, stats = rank.make_pairs([float("nan"), 0.3], "all")
+    assert pairs == [] and stats["candidates"] == 0
+
+
+def test_pairwise_agreement():
+    assert rank.pairwise_agreement([1, 2, 3], [1, 2, 3]) == (3, 3)
+    assert rank.pairwise_agreement([1, 2, 3], [3, 2, 1]) == (0, 3)
+    assert rank.pairwise_agreement([1, 1, 3], [1, 2, 0]) == (0, 2)  # the tie in the first is skipped
+
+
+def test_rank_stage(tmp_path, monkeypatch, tracker):
+    monkeypatch.chdir(tmp_path)
+    q = [{"role": "user", "content": "What is the capital of France?"}]
+    samples = [
+        {"prompt_id": f"p{i}", "prompt": [{"role": "user", "content": f"{q[0]['content']} ({i})"}],
+         "responses": ["Paris is the capital of France.", "I'm sorry, I can't help with that.", "Bananas are yellow.",
+                       "Paris is the capital of France."],
+         "finished": [True, True, True, True], "gen": {"k": 4}, "reference": "The capital of France is Paris."}
+        for i in range(6)
+    ]
+    write_jsonl("data/samples/samples.jsonl", samples)
+    human = [{"id": f"h{i}", "prompt": q, "chosen": [{"role": "assistant", "content": "Paris."}],
+              "rejected": [{"role": "assistant", "content": "Rome."}], "task": "qa", "source": "hh"} for i in range(50)]
+    write_jsonl("data/formatted/prefs_train.jsonl", human)
+    params = validate({"rank": {"judge": ["reference", "reference"], "min_margin": 0.05, "human_weight": 0.5,
+                                "val_fraction": 0.2}})
+    metrics = rank.run(params, tracker)
+
+    assert metrics["pairs_candidate"] == 6 * 6
+    assert metrics["ties"] == 6  # the duplicated answer
+    assert metrics["pairs_judge"] == 6 * 5 - metrics["dropped_below_margin"]
+    assert metrics["pairs_human"] == round(0.5 * metrics["pairs_judge"])
+    assert metrics["judge_agreement"] == 1.0  # the same judge twice agrees with itself
+    train = list(read_jsonl("data/prefs/train.jsonl"))
+    val = list(read_jsonl("data/prefs/val.jsonl"))
+    assert len(train) + len(val) == metrics["pairs_judge"] + metrics["pairs_human"]
+    judge_pairs = [p for p in train + val if p["source"] == "judge:reference"]
+    assert all(p["chosen"][0]["content"].startswith("Paris") for p in judge_pairs if p["margin"] > 0.5)
+    assert not any(p["chosen"][0]["content"].startswith("I'm sorry") and p["rejected"][0]["content"].startswith("Paris")
+                   for p in judge_pairs)
+    kto = list(read_jsonl("data/prefs/kto.jsonl"))
+    assert {r["label"] for r in kto} == {True, False}
+    assert kto[0]["completion"][0]["content"].startswith("Paris")
+    tasks = rank.labelstudio.load_tasks("data/prefs/labelstudio_tasks.json")
+    assert len(tasks) == 6 and len(tasks[0]["data"]["responses"]) == 4
