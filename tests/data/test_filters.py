@@ -94,6 +94,9 @@ def test_quality_passes_good_records_and_refusals_in_preference_data():
     assert filters.quality_check(pref("How do I steal a car?", "I'm sorry, but I can't help with that.",
                                       "Break the window and hotwire it."), "preferences", Q) is None
     assert filters.quality_check({"id": "q", "prompt": [{"role": "user", "content": "Name a color please."}]}, "prompts", Q) is None
+    parks = "\n".join(f"{i}. {name} National Park" for i, name in enumerate(
+        ["Grand Canyon", "Great Smoky Mountains", "Rocky Mountain", "Yosemite", "Yellowstone", "Zion", "Olympic"], 1))
+    assert filters.quality_check(conv("List seven US national parks.", parks), "conversations", Q) is None  # a list is not a loop
 
 
 def test_quality_thresholds_come_from_params():

@@ -109,8 +109,8 @@ def eval_project(tmp_path, monkeypatch, tiny_eval_models):
 def tiny_params(**eval_overrides):
     from alignflow.config import validate
 
-    eval_section = {"max_prompts": 6, "max_harmful_prompts": 3, "max_pairs": 4, "max_new_tokens": 12,
-                    "batch_size": 4, "bootstrap": 100, "report_examples": 3}
+    eval_section = {"max_prompts": 6, "max_harmful_prompts": 3, "max_pairs": 4, "max_new_tokens": 8,
+                    "batch_size": 6, "bootstrap": 100, "report_examples": 3}
     for key, value in eval_overrides.items():
         if isinstance(value, dict):
             eval_section.setdefault(key, {}).update(value)

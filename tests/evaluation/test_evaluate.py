@@ -113,12 +113,16 @@ def test_best_of_n_policy_picks_the_reward_models_favourite(eval_project):
     from alignflow.rlhf import generation
 
     params = tiny_params(max_new_tokens=6)
-    bon = BestOfN({"kind": "best_of_n", "policy": "models/sft", "reward": "models/reward", "n": 3}, params)
+    pdir = eval_project / "models/bon"
+    pdir.mkdir()
+    (pdir / "alignflow_model.json").write_text(json.dumps(
+        {"kind": "best_of_n", "policy": "models/sft", "reward": "models/reward", "n": 3, "temperature": 0.8}))
+    bon = BestOfN(pdir)
     prompts = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Say hi."}]]
     out = bon.generate("policy", prompts[:1], prompts[1:], params.eval, seed=7)
-    samples = generation.generate(bon.model, bon.tokenizer, prompts, n=3, max_new_tokens=6,
-                                  temperature=params.eval.temperature, top_p=params.eval.top_p, seed=7,
-                                  batch_size=params.eval.batch_size, progress=False)
+    pol = bon.policy
+    samples = generation.generate(pol.policy, pol.tokenizer, prompts, n=3, max_new_tokens=6, temperature=0.8,
+                                  top_p=pol.top_p, seed=7, batch_size=params.eval.batch_size, progress=False)
     for prompt, cands, chosen in zip(prompts, samples, [out.responses[0], out.harmful[0]]):
-        scores = reward_scores(bon.rm, bon.rm_tokenizer, [prompt] * 3, cands, params.eval)
+        scores = reward_scores(pol.reward_model, pol.reward_tokenizer, [prompt] * 3, cands, params.eval)
         assert chosen == cands[max(range(3), key=scores.__getitem__)]

@@ -184,6 +184,8 @@ def test_docker_operator_config(tmp_path, monkeypatch):
         "orchestration.docker.workspace": "/srv/ws",
         "orchestration.docker.network_mode": "alignflow",
         "orchestration.shm_size": "2Gi",
+        "orchestration.dvc_remote": "s3://alignflow/dvc",
+        "orchestration.dvc_endpoint_url": "http://minio:9000",
         "tracking.tracking_uri": "http://mlflow:5000",
     })
     dag = load_dag(project)
@@ -201,6 +203,9 @@ def test_docker_operator_config(tmp_path, monkeypatch):
         assert (mount["Target"], mount["Source"], mount["Type"]) == ("/workspace", "/srv/ws", "bind")
         assert op.working_dir == "/workspace" and op.network_mode == "alignflow"
         assert render(op.environment["ALIGNFLOW_PARENT_RUN_ID"]) == "<start_run.run_id>"
+    pull = dag.get_task("dvc_pull").command[2]
+    assert "dvc remote modify --local alignflow endpointurl http://minio:9000" in pull
+    assert pull.rstrip().endswith("dvc pull --remote alignflow --run-cache --allow-missing")
     op = dag.get_task("sft")
     assert op.command[:2] == ["bash", "-c"] and op.command[2].endswith("dvc repro --single-item sft")
     # Credentials come from the worker's environment when the task runs, never from params.

@@ -20,11 +20,11 @@ pytestmark = pytest.mark.slow
 # ------------------------------------------------------------------ PPO on a toy reward
 
 
-def concentrated_tiny_model(n_tokens: int = 16):
+def concentrated_tiny_model(n_tokens: int = 8):
     """tiny:llama whose next-token distribution is limited to `n_tokens` tokens (EOS among them).
 
     A random model spreads its mass over 49k tokens, so no target token would ever be sampled; a
-    logit bias on the output layer gives PPO a 1-in-16 start it can improve on.
+    logit bias on the output layer gives PPO a few-percent start it can improve on.
     """
     from alignflow.models import load_causal_lm
 
@@ -48,16 +48,16 @@ def test_ppo_raises_toy_reward_within_kl_target():
     from alignflow.rlhf.ppo import PPOTrainer, make_value_head
 
     torch.manual_seed(0)
-    base, tok, target = concentrated_tiny_model()
+    base, tok, target = concentrated_tiny_model(8)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
 
     def fraction_of_target(prompts, texts, response_ids):
         return [sum(t == target for t in ids) / max(len(ids), 1) for ids in response_ids]
 
     target_kl = 4.0
-    cfg = PPOParams(rollout_batch_size=16, mini_batch_size=8, ppo_epochs=4, init_kl_coef=0.05, target_kl=target_kl,
+    cfg = PPOParams(rollout_batch_size=16, mini_batch_size=16, ppo_epochs=4, init_kl_coef=0.05, target_kl=target_kl,
                     kl_horizon=1000, temperature=1.0, missing_eos_penalty=0.0)
-    trainer = PPOTrainer(model, tok, make_value_head(model), fraction_of_target, cfg, learning_rate=1e-2,
+    trainer = PPOTrainer(model, tok, make_value_head(model), fraction_of_target, cfg, learning_rate=3e-3,
                          max_new_tokens=8, max_prompt_length=32, seed=0)
     prompts = [[{"role": "user", "content": f"Say something ({i})"}] for i in range(8)]
     history = []

@@ -158,3 +158,11 @@ def test_oom_is_reported_with_the_params_to_lower(tmp_path):
     with pytest.raises(TrainingError, match=r"Lower sft\.per_device_batch_size \(now 4"):
         run_training(oom_loop, {"_alignflow_oom_hint": "sft.per_device_batch_size (now 4), sft.max_length (now 512)"},
                      _params(tmp_path), "unit")
+
+
+def test_run_id_does_not_leak_into_the_next_local_run(tmp_path):
+    params = _params(tmp_path)
+    assert run_training(_report_loop, {"steps": 1}, params, "a", tracking_run_id="first").return_value["run_id"] == "first"
+    assert os.environ.get(RUN_ID_ENV) is None
+    assert run_training(_report_loop, {"steps": 1}, params, "b", tracking_run_id="second").return_value["run_id"] == "second"
+    assert run_training(_report_loop, {"steps": 1}, params, "c").return_value["run_id"] is None

@@ -62,7 +62,7 @@ def test_sft_then_reward_outputs_and_mlflow(project, tracking_env):
         assert run.info.status == "FINISHED"
         assert run.data.params[f"{stage}.max_steps"] == "3"
         curve = client.get_metric_history(run.info.run_id, "loss")
-        assert sorted(m.step for m in curve) == [1, 2, 3]  # per-step, logged by rank 0
+        assert sorted(m.step for m in curve) == [1, 2, 3], (stage, [(m.step, m.value, m.timestamp) for m in curve])
         assert run.data.metrics["steps"] == 3
         assert f"alignflow.{stage}.model_uri" in run.data.tags
         version = client.get_model_version_by_alias(registered, "candidate")

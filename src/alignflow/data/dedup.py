@@ -3,9 +3,10 @@
 - exact: xxhash of the normalized text (lower case, punctuation and extra spaces removed).
 - near: MinHash + LSH. Shingles are word n-grams for space-delimited text and character
   n-grams for CJK text, hashed for the whole corpus at once with numpy (`alignflow.data.text`);
-  signatures come from rensa's compiled R-MinHash over that flat buffer (one call per chunk);
-  numpy banding (sort the band hashes, pair equal neighbours) yields candidate pairs, which are
-  verified on the estimated Jaccard before a text is dropped.
+  signatures come from rensa's compiled R-MinHash over that flat buffer in one call; rensa's
+  native LSH flags the rows that share a band with another row, and only those are pulled into
+  numpy, where banding (sort the band hashes, pair equal neighbours) yields candidate pairs that
+  are verified on the estimated Jaccard before a text is dropped.
   Texts shorter than `min_tokens` are left to exact dedup: a handful of shingles gives a
   meaningless signature (and texts shorter than n would all collapse onto one).
 
@@ -70,7 +71,7 @@ class Shingles:
 
 def shingle(texts: list[str], word_ngram: int, char_ngram: int, min_tokens: int, row_offset: int = 0) -> Shingles:
     """Word n-grams (space-delimited texts) / character n-grams (CJK texts) of texts with >= min_tokens tokens."""
-    batch = encode_batch(texts)
+    batch = encode_batch(texts, compact=False)
     stream = token_hashes(batch)
     n_tok = stream.counts()
     need = np.where(batch.cjk, max(min_tokens, char_ngram), max(min_tokens, word_ngram))

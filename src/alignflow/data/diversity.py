@@ -53,7 +53,7 @@ def recall_lsh_params(max_similarity: float, num_perm: int, recall: float = 0.99
 
 def token_set_shingles(texts: list[str], max_tokens: int) -> Shingles:
     """Unigram hashes of each text's first `max_tokens` tokens (all texts, even short ones)."""
-    stream = token_hashes(encode_batch(texts), cjk_chars="always")  # the same tokens as rouge_l sees
+    stream = token_hashes(encode_batch(texts, compact=False), cjk_chars="always")  # the same tokens as rouge_l sees
     # position of each token within its text, to cut at max_tokens
     counts = stream.counts()
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])

@@ -169,8 +169,12 @@ def _fold_table() -> np.ndarray:
     return table
 
 
-def encode_batch(texts: list[str], cjk_threshold: float = DEFAULT_CJK_RATIO) -> EncodedBatch:
-    """Normalize all texts at once (NFKC, lower case, punctuation/symbols -> one space) as code points."""
+def encode_batch(texts: list[str], cjk_threshold: float = DEFAULT_CJK_RATIO, compact: bool = True) -> EncodedBatch:
+    """Normalize all texts at once (NFKC, lower case, punctuation/symbols -> space) as code points.
+
+    compact=True leaves exactly one space between words and none at the edges (character windows
+    depend on it); tokenization alone does not care, and skips those passes with compact=False.
+    """
     if not texts:
         empty = np.zeros(0, dtype=np.int64)
         return EncodedBatch(np.zeros(0, dtype=np.uint32), empty, empty, np.zeros(0, dtype=bool))
@@ -181,15 +185,15 @@ def encode_batch(texts: list[str], cjk_threshold: float = DEFAULT_CJK_RATIO) -> 
     if len(astral):
         cps[astral] = np.where(_is_cjk_cp(raw[astral]), raw[astral], 32)
     cps[seps] = 0
-    # one space between words, none at the edges of a text
-    sp = cps == 32
-    edge = np.empty_like(sp)
-    edge[0], edge[1:] = True, sp[:-1] | (cps[:-1] == 0)
-    cps = cps[~(sp & edge)]
-    trailing = np.empty(len(cps), dtype=bool)
-    trailing[-1:], trailing[:-1] = cps[-1:] == 32, (cps[:-1] == 32) & (cps[1:] == 0)
-    cps = cps[~trailing]
-    seps = np.flatnonzero(cps == 0)
+    if compact:
+        sp = cps == 32
+        edge = np.empty_like(sp)
+        edge[0], edge[1:] = True, sp[:-1] | (cps[:-1] == 0)
+        cps = cps[~(sp & edge)]
+        trailing = np.empty(len(cps), dtype=bool)
+        trailing[-1:], trailing[:-1] = cps[-1:] == 32, (cps[:-1] == 32) & (cps[1:] == 0)
+        cps = cps[~trailing]
+        seps = np.flatnonzero(cps == 0)
     starts = np.concatenate([[0], seps + 1]).astype(np.int64)
     ends = np.concatenate([seps, [len(cps)]]).astype(np.int64)
     cjk_count = _segment_count(_is_cjk_cp(cps), starts, ends)

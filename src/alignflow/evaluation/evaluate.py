@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -131,37 +130,22 @@ def generate_all(name: str, model, tokenizer, benign: list[list[dict]], harmful:
 
 
 class BestOfN:
-    """A best_of_n policy (alignflow_model.json kind best_of_n): n samples, the reward model picks."""
+    """A best_of_n policy (kind best_of_n): the align stage's BestOfNPolicy — n samples, the reward
+    model picks — with the EOS flag taken from the text (the sampler does not report it)."""
 
-    def __init__(self, meta: dict, params: Params):
-        from alignflow.models import load_causal_lm, load_reward_model
-        from alignflow.models.specs import resolve_base_ref
+    def __init__(self, model_dir: Path):
+        from alignflow.rlhf.best_of_n import BestOfNPolicy
 
-        self.n = int(meta.get("n", 4))
-        policy_ref = str(resolve_base_ref(meta["policy"], POLICY_DIR)) if "policy" in meta else str(SFT_DIR)
-        reward_ref = str(resolve_base_ref(meta["reward"], POLICY_DIR)) if "reward" in meta else str(REWARD_DIR)
-        self.model, self.tokenizer = load_causal_lm(policy_ref, dtype=params.model.dtype,
-                                                    trust_remote_code=params.model.trust_remote_code)
-        self.rm, self.rm_tokenizer = load_reward_model(reward_ref, dtype=params.model.dtype,
-                                                       trust_remote_code=params.model.trust_remote_code)
+        self.policy = BestOfNPolicy.from_dir(model_dir)
+        self.n = self.policy.n
 
     def generate(self, name: str, benign, harmful, ep, seed: int) -> Generated:
-        from alignflow.rlhf.generation import generate_with_details
-        from alignflow.rlhf.judges import score_with_reward_model
+        from alignflow.rlhf.judges import rule_penalties
 
-        prompts = benign + harmful
-        gens = generate_with_details(self.model, self.tokenizer, prompts, n=self.n, max_new_tokens=ep.max_new_tokens,
-                                     temperature=ep.temperature if ep.temperature > 0 else 0.7, top_p=ep.top_p,
-                                     seed=seed, batch_size=ep.batch_size)
-        flat_p = [p for p, g in zip(prompts, gens) for _ in g]
-        flat_r = [x.text for g in gens for x in g]
-        scores = score_with_reward_model(self.rm, self.rm_tokenizer, flat_p, flat_r, ep.batch_size, ep.max_length)
-        best = []
-        for i, g in enumerate(gens):
-            s = scores[i * self.n : (i + 1) * self.n]
-            best.append(g[int(np.argmax(s))])
-        b, h = best[: len(benign)], best[len(benign):]
-        return Generated(name, [x.text for x in b], [x.finished for x in b], [x.text for x in h])
+        texts = self.policy.generate(benign + harmful, max_new_tokens=ep.max_new_tokens, seed=seed,
+                                     batch_size=ep.batch_size)
+        b, h = texts[: len(benign)], texts[len(benign):]
+        return Generated(name, b, [not rule_penalties(t)["truncated"] for t in b], h)
 
 
 def _load(ref: str, params: Params):
@@ -194,7 +178,7 @@ def _generate_champion(cdir: Path, params: Params, benign, harmful) -> Generated
     ep = params.eval
     cmeta = read_meta(cdir) or {}
     if cmeta.get("kind") == "best_of_n":
-        return BestOfN(cmeta, params).generate("champion", benign, harmful, ep, params.seed)
+        return BestOfN(cdir).generate("champion", benign, harmful, ep, params.seed)
     model, tok = _load(str(cdir), params)
     return generate_all("champion", model, tok, benign, harmful, ep, params.seed)
 
@@ -268,127 +252,146 @@ def judge_outcomes(judge, records: list[dict], cand: Generated, other: Generated
 # ----------------------------------------------------------------------------- run
 
 
-def run(params: Params, tracker) -> dict[str, Any]:
-    ep = params.eval
+@dataclass
+class EvalInputs:
+    records: list[dict]  # benign held-out prompts (with references)
+    harmful_records: list[dict]
+    pairs: list[dict]  # held-out human preference pairs
+
+    @property
+    def benign(self) -> list[list[dict]]:
+        return [r["prompt"] for r in self.records]
+
+    @property
+    def harmful(self) -> list[list[dict]]:
+        return [r["prompt"] for r in self.harmful_records]
+
+
+def load_inputs(ep) -> EvalInputs:
     for path, what in ((PROMPTS_TEST, "held-out prompts, format stage"), (SFT_DIR, "SFT model, sft stage"),
                        (REWARD_DIR, "reward model, reward stage"), (POLICY_DIR, "aligned policy, align stage")):
         _require(path, what)
-    from alignflow.models import ModelSpecError, read_meta
-
     records = load_prompts(PROMPTS_TEST, ep.max_prompts)
     if not records:
         raise InputError(f"{PROMPTS_TEST}: no prompt records")
-    harmful_recs = load_prompts(HARMFUL_TEST, ep.max_harmful_prompts) if HARMFUL_TEST.exists() else []
+    harmful = load_prompts(HARMFUL_TEST, ep.max_harmful_prompts) if HARMFUL_TEST.exists() else []
     pairs = load_pairs(PREFS_TEST, ep.max_pairs) if PREFS_TEST.exists() else []
-    benign = [r["prompt"] for r in records]
-    harmful = [r["prompt"] for r in harmful_recs]
-    policy_meta = read_meta(POLICY_DIR) or {}
-    policy_kind = policy_meta.get("kind", "causal_lm")
-    log.info("eval: %d prompts, %d harmful prompts, %d held-out pairs; candidate kind %s",
-             len(records), len(harmful), len(pairs), policy_kind)
+    return EvalInputs(records, harmful, pairs)
 
-    metrics: dict[str, Any] = {"n_prompts": len(records), "n_harmful_prompts": len(harmful), "n_pairs": len(pairs)}
-    notes: list[str] = []
-    use_registry = params.tracking.register_models
+
+def run(params: Params, tracker) -> dict[str, Any]:
+    ep = params.eval
+    inputs = load_inputs(ep)
+    metrics: dict[str, Any] = {"n_prompts": len(inputs.records), "n_harmful_prompts": len(inputs.harmful_records),
+                               "n_pairs": len(inputs.pairs)}
     candidate_version = None
-    if use_registry:
+    if params.tracking.register_models:
         from alignflow.evaluation import registry
 
         candidate_version = registry.ensure_candidate(POLICY_DIR, tracker)
         metrics["candidate_version"] = int(candidate_version)
 
-    gens: dict[str, Generated] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="alignflow-eval-"))
-    try:
-        # --- SFT and the candidate: generations, KL, implicit accuracy (both models loaded)
-        sft, tok = _load(str(SFT_DIR), params)
-        gens["sft"] = generate_all("sft", sft, tok, benign, harmful, ep, params.seed)
-        if policy_kind == "best_of_n":
-            bon = BestOfN(policy_meta, params)
-            gens[CANDIDATE] = bon.generate(CANDIDATE, benign, harmful, ep, params.seed)
-            metrics["kl_vs_sft"] = M.best_of_n_kl_bound(bon.n)
-            notes.append(f"best-of-{bon.n} candidate: kl_vs_sft is the analytic bound log n − (n−1)/n; "
-                         "no implicit accuracy (no trained log-ratio)")
-            del bon
-        else:
-            policy, ptok = _load(str(POLICY_DIR), params)
-            gens[CANDIDATE] = generate_all(CANDIDATE, policy, ptok, benign, harmful, ep, params.seed)
-            kl = kl_vs_sft(policy, sft, ptok, benign, gens[CANDIDATE].responses, ep)
-            metrics.update(kl_vs_sft=kl["k3_seq"], kl_vs_sft_k1=kl["k1_seq"], kl_vs_sft_per_token=kl["k3_token"])
-            if pairs:
-                metrics["policy_implicit_accuracy"] = implicit_accuracy(policy, sft, ptok, pairs, ep)
-            del policy
-        del sft
-        gc.collect()
-
-        # --- base model and champion: generations only
-        if ep.include_base:
-            base, btok = _load(params.model.base, params)
-            gens["base"] = generate_all("base", base, btok, benign, harmful, ep, params.seed)
-            del base
-            gc.collect()
-        champion = _load_champion(params, candidate_version, tmp) if (use_registry and ep.compare_champion) else None
-        if champion is not None:
-            version, cdir = champion
-            try:
-                gens["champion"] = _generate_champion(cdir, params, benign, harmful)
-                metrics["champion_version"] = int(version)
-            except ModelSpecError as err:  # e.g. an adapter whose base (models/sft) was retrained since
-                log.warning("champion v%s cannot be loaded: %s", version, err)
-                notes.append(f"champion v{version} could not be loaded ({err}); the candidate was compared with SFT")
-
-        # --- reward model: scores of every model's responses, held-out pair accuracy
-        from alignflow.models import load_reward_model
-
-        rm, rm_tok = load_reward_model(str(REWARD_DIR), dtype=params.model.dtype,
-                                       trust_remote_code=params.model.trust_remote_code)
-        for g in gens.values():
-            g.rewards = reward_scores(rm, rm_tok, benign, g.responses, ep)
-        if pairs:
-            metrics["rm_accuracy_heldout"] = rm_pair_accuracy(rm, rm_tok, pairs, ep)
-        del rm
-        gc.collect()
-
-        # --- the independent judge
-        from alignflow.rlhf.judges import ScoringJudge, build_judge
-
-        judge = build_judge(ep.judge, params)
-        if isinstance(judge, ScoringJudge):  # one call per prompt scores every model's answer
-            for g in gens.values():
-                g.judge_scores = []
-            for i, rec in enumerate(records):
-                scores = judge.score(rec["prompt"], [g.responses[i] for g in gens.values()], rec.get("reference"),
-                                     finished=[g.finished[i] for g in gens.values()])
-                for g, s in zip(gens.values(), scores):
-                    g.judge_scores.append(float(s))
-        winrates, cis = _winrates(metrics, gens, records, judge, ep, params.seed)
-        del judge
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    gens = {k: gens[k] for k in ("base", "sft", "champion", CANDIDATE) if k in gens}  # table/plot order
-    cand = gens[CANDIDATE]
-    sft_g = gens["sft"]
+    notes: list[str] = []
+    gens = generate_models(params, inputs, candidate_version, metrics, notes)
+    score_with_reward_model(params, inputs, gens, metrics)
+    winrates, cis = judge_and_compare(params, inputs, gens, metrics)
     metrics.update(_descriptive(gens))
-    metrics.update(M.diagnostics_vs(cand.responses, sft_g.responses, "sft"))
+    metrics.update(M.diagnostics_vs(gens[CANDIDATE].responses, gens["sft"].responses, "sft"))
 
-    # --- the promotion gate
-    baseline = "champion" if "champion" in gens else "sft"
-    decision = gate_mod.decide(metrics, ep.gate, baseline)
+    # --- the promotion gate, plots, report, registry
+    decision = gate_mod.decide(metrics, ep.gate, "champion" if "champion" in gens else "sft")
     metrics.update(gate_mod.gate_metrics(decision))
-
-    # --- plots, report, registry
     report.write_winrates_csv(winrates)
     report.write_rewards_csv([(g.name, n, r) for g in gens.values() for n, r in zip(g.lengths, g.rewards)])
     with atomic_dir(REPORTS_DIR) as out:
-        gate_record = gate_mod.apply_decision(decision, candidate_version if use_registry else None,
-                                              out_path=out / "gate.json", tracker=tracker)
-        _write_report(out, metrics, gens, records, winrates, cis, gate_record, notes, ep)
-        write_jsonl(out / "generations.jsonl", _generation_rows(records, harmful_recs, gens))
+        gate_record = gate_mod.apply_decision(decision, candidate_version, out_path=out / "gate.json", tracker=tracker)
+        _write_report(out, metrics, gens, inputs.records, winrates, cis, gate_record, notes, ep)
+        write_jsonl(out / "generations.jsonl", _generation_rows(inputs.records, inputs.harmful_records, gens))
     tracker.log_artifact(REPORTS_DIR, artifact_path="eval")
     tracker.log_artifact(report.WINRATES_CSV, artifact_path="eval/plots")
     tracker.log_artifact(report.REWARDS_CSV, artifact_path="eval/plots")
     return {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+
+
+def generate_models(params: Params, inputs: EvalInputs, candidate_version: str | None, metrics: dict,
+                    notes: list[str]) -> dict[str, Generated]:
+    """Generations of base, SFT, candidate and champion (in table order); KL and implicit accuracy
+    while the candidate and SFT are both loaded. One model (pair) in memory at a time."""
+    from alignflow.models import ModelSpecError, read_meta
+
+    ep, seed = params.eval, params.seed
+    benign, harmful, pairs = inputs.benign, inputs.harmful, inputs.pairs
+    gens: dict[str, Generated] = {}
+    if ep.include_base:
+        base, btok = _load(params.model.base, params)
+        gens["base"] = generate_all("base", base, btok, benign, harmful, ep, seed)
+        del base
+        gc.collect()
+
+    sft, tok = _load(str(SFT_DIR), params)
+    gens["sft"] = generate_all("sft", sft, tok, benign, harmful, ep, seed)
+    if (read_meta(POLICY_DIR) or {}).get("kind") == "best_of_n":
+        bon = BestOfN(POLICY_DIR)
+        candidate = bon.generate(CANDIDATE, benign, harmful, ep, seed)
+        metrics["kl_vs_sft"] = M.best_of_n_kl_bound(bon.n)  # vs its sampling policy (the SFT)
+        notes.append(f"best-of-{bon.n} candidate: kl_vs_sft is the analytic bound log n − (n−1)/n; "
+                     "no implicit accuracy (no trained log-ratio)")
+        del bon
+    else:
+        policy, ptok = _load(str(POLICY_DIR), params)
+        candidate = generate_all(CANDIDATE, policy, ptok, benign, harmful, ep, seed)
+        kl = kl_vs_sft(policy, sft, ptok, benign, candidate.responses, ep)
+        metrics.update(kl_vs_sft=kl["k3_seq"], kl_vs_sft_k1=kl["k1_seq"], kl_vs_sft_per_token=kl["k3_token"])
+        if pairs:
+            metrics["policy_implicit_accuracy"] = implicit_accuracy(policy, sft, ptok, pairs, ep)
+        del policy
+    del sft
+    gc.collect()
+
+    if params.tracking.register_models and ep.compare_champion:
+        with tempfile.TemporaryDirectory(prefix="alignflow-eval-") as tmp:
+            champion = _load_champion(params, candidate_version, Path(tmp))
+            if champion is not None:
+                version, cdir = champion
+                try:
+                    gens["champion"] = _generate_champion(cdir, params, benign, harmful)
+                    metrics["champion_version"] = int(version)
+                except ModelSpecError as err:  # e.g. an adapter whose base (models/sft) was retrained since
+                    log.warning("champion v%s cannot be loaded: %s", version, err)
+                    notes.append(f"champion v{version} could not be loaded ({err}); compared with SFT instead")
+                gc.collect()
+    gens[CANDIDATE] = candidate
+    return gens
+
+
+def score_with_reward_model(params: Params, inputs: EvalInputs, gens: dict[str, Generated], metrics: dict) -> None:
+    """Reward-model scores of every model's benign responses; accuracy on held-out human pairs."""
+    from alignflow.models import load_reward_model
+
+    ep = params.eval
+    rm, rm_tok = load_reward_model(str(REWARD_DIR), dtype=params.model.dtype,
+                                   trust_remote_code=params.model.trust_remote_code)
+    for g in gens.values():
+        g.rewards = reward_scores(rm, rm_tok, inputs.benign, g.responses, ep)
+    if inputs.pairs:
+        metrics["rm_accuracy_heldout"] = rm_pair_accuracy(rm, rm_tok, inputs.pairs, ep)
+
+
+def judge_and_compare(params: Params, inputs: EvalInputs, gens: dict[str, Generated], metrics: dict):
+    """The independent judge's scores (scoring judges: one call per prompt for all models), then
+    win rates under the reward model and the judge."""
+    from alignflow.rlhf.judges import ScoringJudge, build_judge
+
+    judge = build_judge(params.eval.judge, params)
+    if isinstance(judge, ScoringJudge):
+        for g in gens.values():
+            g.judge_scores = []
+        for i, rec in enumerate(inputs.records):
+            scores = judge.score(rec["prompt"], [g.responses[i] for g in gens.values()], rec.get("reference"),
+                                 finished=[g.finished[i] for g in gens.values()])
+            for g, s in zip(gens.values(), scores):
+                g.judge_scores.append(float(s))
+    return _winrates(metrics, gens, inputs.records, judge, params.eval, params.seed)
 
 
 def _winrates(metrics: dict, gens: dict[str, Generated], records, judge, ep, seed: int):

@@ -100,6 +100,10 @@ def curve_callback(method: str, beta: float | None, lengths: "LengthMeter | None
     from transformers import TrainerCallback
 
     class AlignCurveCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if lengths is not None:
+                lengths.consume(args.gradient_accumulation_steps)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs is None or "loss" not in logs and "reward" not in logs and "rewards/margins" not in logs:
                 return
@@ -113,23 +117,32 @@ def curve_callback(method: str, beta: float | None, lengths: "LengthMeter | None
 
 
 class LengthMeter:
-    """Wraps a data collator to record the mean completion length of each batch it builds."""
+    """Wraps a data collator to record the mean completion length of each batch it builds.
+
+    The dataloader collates ahead of the step that uses a batch, so lengths queue up (FIFO);
+    each optimizer step consumes its micro-batches' entries, each log averages what was consumed.
+    """
 
     def __init__(self, collator):
         self.collator = collator
-        self.lengths: list[float] = []
+        self.queued: list[float] = []
+        self.consumed: list[float] = []
 
     def __call__(self, features):
         batch = self.collator(features)
         mask = batch.get("completion_mask") if isinstance(batch, dict) else None
         if mask is not None:
             # DPO stacks chosen then rejected: the mean covers both.
-            self.lengths.append(float(mask.sum(-1).float().mean()))
+            self.queued.append(float(mask.sum(-1).float().mean()))
         return batch
 
+    def consume(self, n: int) -> None:
+        self.consumed += self.queued[:n]
+        del self.queued[:n]
+
     def take_mean(self) -> float | None:
-        if not self.lengths:
+        if not self.consumed:
             return None
-        mean = sum(self.lengths) / len(self.lengths)
-        self.lengths.clear()
+        mean = sum(self.consumed) / len(self.consumed)
+        self.consumed.clear()
         return mean

@@ -223,6 +223,18 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for name in ("transformers", "torch", "peft", "accelerate", "safetensors"):
+        try:
+            reqs.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            pass
+    return reqs
+
+
 def log_and_register(params: Params, tracker, model_dir: Path, stage: str, task: str) -> dict[str, Any]:
     """Log the saved model with mlflow.transformers (adapter + base recorded) and register it."""
     info: dict[str, Any] = {}
@@ -245,6 +257,8 @@ def log_and_register(params: Params, tracker, model_dir: Path, stage: str, task:
             name="model",
             task=task,
             base_model_path=base_path,
+            # explicit: MLflow's default list adds torchvision whenever torch is used
+            pip_requirements=_pip_requirements(),
             metadata={"alignflow_base": meta.get("base", ""), "alignflow_adapter": bool(meta.get("adapter")),
                       "alignflow_kind": meta.get("kind", "")},
         )
@@ -252,12 +266,13 @@ def log_and_register(params: Params, tracker, model_dir: Path, stage: str, task:
     except Exception as err:
         # mlflow.transformers resolves a PEFT base by hub id; a local base (embedded/tiny cache dir)
         # has none, so fall back to the model dir itself as artifacts (still loadable with our loader).
-        log.warning("mlflow.transformers.log_model failed (%s: %s); logging the model dir as artifacts", type(err).__name__, err)
+        log.warning("mlflow.transformers.log_model failed (%s: %s); logging the model dir as plain artifacts "
+                    "(not registered)", type(err).__name__, err)
         tracker.log_artifact(model_dir, artifact_path="model_dir")
-        uri = f"runs:/{tracker.run_id}/model_dir"
-        info["model_logged_as"] = "artifacts"
-    tracker.set_tags({f"alignflow.{stage}.model_uri": uri, f"alignflow.{stage}.base": meta.get("base", "")})
-    if params.tracking.register_models:
+        uri = None
+        tracker.set_tags({f"alignflow.{stage}.model_dir_artifacts": f"runs:/{tracker.run_id}/model_dir"})
+    tracker.set_tags({f"alignflow.{stage}.model_uri": uri or "", f"alignflow.{stage}.base": meta.get("base", "")})
+    if params.tracking.register_models and uri:
         version = tracking.register_model(uri, stage, tags={"base": meta.get("base", ""), "adapter": str(bool(meta.get("adapter")))})
         info["registered_version"] = int(version.version)
     return info

@@ -177,8 +177,13 @@ def run_training(
 
 def _worker_entry(train_loop: Callable[[dict], Any]) -> Callable[[dict], Any]:
     def entry(config: dict) -> Any:
-        for key, value in (config.get(LOOP_ENV_KEY) or {}).items():
-            os.environ.setdefault(key, value)
+        # Set for this run only: in local mode the loop shares the driver's environment, and the
+        # next stage in the same process must not inherit this stage's MLflow run id.
+        env = config.get(LOOP_ENV_KEY) or {}
+        previous = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        if RUN_ID_ENV not in env:
+            previous.setdefault(RUN_ID_ENV, os.environ.pop(RUN_ID_ENV, None))
         try:
             return train_loop(config)
         except Exception as err:
@@ -187,6 +192,12 @@ def _worker_entry(train_loop: Callable[[dict], Any]) -> Callable[[dict], Any]:
                     f"out of memory on the accelerator: {err}. Lower {config.get(LOOP_HINT_KEY) or 'the batch size or max length'}"
                 ) from err
             raise
+        finally:
+            for key, value in previous.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     entry.__name__ = getattr(train_loop, "__name__", "train_loop")
     return entry
