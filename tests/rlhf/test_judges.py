@@ -235,6 +235,15 @@ def test_labelstudio_round_trip(tmp_path):
     assert human.score(SAMPLES[1]["prompt"], ["4", "5"]) == [1.0, 0.0]
     assert math.isnan(human.score(PROMPT, ["Marseille."])[0])
 
+    # The same export through params: build_judge rebuilds the tasks from the samples.
+    from alignflow.config import validate
+
+    params = validate({"rank": {"judge": "human", "human_annotations": str(export_path)}})
+    judge = judges.build_judge("human", params, samples=SAMPLES)
+    assert judge.score(PROMPT, ["Paris.", "Lyon.", "Nice."]) == [0.5, 1.0, 0.0]
+    with pytest.raises(InputError, match="unknown task"):
+        judges.build_judge("human", params, samples=SAMPLES[1:])  # p1 is not among these samples
+
 
 def test_labelstudio_unknown_task_is_an_error(tmp_path):
     tasks = labelstudio.export_tasks(SAMPLES, "ranking")

@@ -166,3 +166,17 @@ def test_run_id_does_not_leak_into_the_next_local_run(tmp_path):
     assert os.environ.get(RUN_ID_ENV) is None
     assert run_training(_report_loop, {"steps": 1}, params, "b", tracking_run_id="second").return_value["run_id"] == "second"
     assert run_training(_report_loop, {"steps": 1}, params, "c").return_value["run_id"] is None
+
+
+def test_worker_errors_are_unwrapped_from_ray_wrappers():
+    from ray.train import ControllerError, WorkerGroupError
+
+    from alignflow.training.launcher import _reraise
+
+    wrapped = WorkerGroupError("worker 1 failed", {1: NonFiniteLossError("loss is nan at step 7"), 0: ValueError("x")})
+    err = _reraise("sft", wrapped)
+    assert isinstance(err, TrainingError) and str(err) == "x" or "step 7" in str(err)
+    err = _reraise("sft", WorkerGroupError("failed", {1: NonFiniteLossError("loss is nan at step 7")}))
+    assert isinstance(err, NonFiniteLossError) and str(err) == "loss is nan at step 7"
+    err = _reraise("reward", ControllerError(RuntimeError("placement group timed out")))
+    assert type(err) is TrainingError and str(err) == "reward: training failed: RuntimeError: placement group timed out"

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -59,13 +60,53 @@ def get_alias(alias: str, name: str = POLICY_MODEL) -> RegisteredVersion | None:
 
 
 def find_model_dir(root: Path) -> Path:
-    """The dir holding alignflow_model.json under a download (it may be nested one or two levels)."""
+    """A loadable model dir under a download: the one holding alignflow_model.json (a logged
+    models/* dir), else one rebuilt from an mlflow.transformers model (MLmodel)."""
     if (root / META_FILE).exists():
         return root
     found = sorted(root.rglob(META_FILE), key=lambda p: len(p.parts))
-    if not found:
-        raise FileNotFoundError(f"{root}: no {META_FILE} in the registered model's files")
-    return found[0].parent
+    if found:
+        return found[0].parent
+    mlmodel = sorted(root.rglob("MLmodel"), key=lambda p: len(p.parts))
+    if mlmodel:
+        return from_mlflow_transformers(mlmodel[0].parent)
+    raise FileNotFoundError(f"{root}: neither {META_FILE} nor an MLflow model in the registered model's files")
+
+
+def from_mlflow_transformers(model_root: Path) -> Path:
+    """An alignflow model dir from an mlflow.transformers model (what the training stages log):
+    tokenizer from components/tokenizer, and either the PEFT adapter (peft/) on the local base
+    it was trained on (`local_base_model_path`), or the full weights (model/)."""
+    import shutil
+
+    import yaml
+
+    spec = yaml.safe_load((model_root / "MLmodel").read_text())
+    flavor = (spec.get("flavors") or {}).get("transformers")
+    if not flavor:
+        raise FileNotFoundError(f"{model_root}: an MLflow model without the transformers flavor")
+    extra = spec.get("metadata") or {}
+    out = model_root / "alignflow_model_dir"
+    if out.exists():
+        shutil.rmtree(out)
+    tokenizer_dir = model_root / "components" / "tokenizer"
+    meta = {"kind": extra.get("alignflow_kind") or "causal_lm", "registered_from": "mlflow.transformers"}
+    if flavor.get("peft_adaptor"):
+        base = flavor.get("local_base_model_path") or flavor.get("source_model_name")
+        if not base or not Path(base).is_dir():
+            # The recorded base is a local cache dir of the machine that trained it; loading the
+            # adapter on another base (e.g. today's models/sft) would evaluate a different model.
+            raise FileNotFoundError(f"{model_root}: the adapter's base model {base!r} is not on this machine")
+        shutil.copytree(model_root / flavor["peft_adaptor"], out)
+        meta.update(base=str(base), adapter=True)
+    else:
+        shutil.copytree(model_root / flavor.get("model_binary", "model"), out)
+        meta["adapter"] = False
+    if tokenizer_dir.is_dir():
+        for f in tokenizer_dir.iterdir():
+            shutil.copy2(f, out / f.name)
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
 
 
 def download_version(version: str, dst: str | os.PathLike | None = None, name: str = POLICY_MODEL) -> Path:

@@ -474,7 +474,7 @@ def ppo_train_loop(config: dict) -> dict[str, Any]:
     params = validate(config["params"], "loop config")
     align = params.align
     rank, world_size = world()
-    torch.manual_seed(params.seed + rank)
+    torch.manual_seed(params.seed)  # the same LoRA init on every worker; sampling seeds differ per rank below
     model, tokenizer, value_head = build_policy(config["policy_base_dir"], params)
     reward = load_ppo_reward(model, tokenizer, config["reward_dir"], config["policy_base_dir"], align.ppo.share_reward_base)
     prompts = [p["prompt"] for p in load_prompts(config["prompts_file"], align.max_prompts)][rank::world_size]

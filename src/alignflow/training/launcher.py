@@ -107,17 +107,25 @@ def _root_cause(err: BaseException) -> BaseException:
     seen = set()
     while id(err) not in seen:
         seen.add(id(err))
-        inner = None
-        for attr in ("worker_failures", "_worker_failures"):
-            failures = getattr(err, attr, None)
-            if isinstance(failures, dict) and failures:
-                inner = next(iter(failures.values()))
-                break
-        inner = inner or err.__cause__
-        if inner is None or not isinstance(inner, BaseException):
+        failures = getattr(err, "worker_failures", None)  # WorkerGroupError: {rank: exception}
+        if isinstance(failures, dict) and failures:
+            inner = failures[min(failures)]
+        else:
+            inner = getattr(err, "controller_failure", None) or getattr(err, "cause", None) or err.__cause__
+        if not isinstance(inner, BaseException):
             return err
         err = inner
     return err
+
+
+def _reraise(name: str, err: BaseException):
+    cause = _root_cause(err)
+    message = str(cause).strip()
+    # Ray may wrap the worker's exception in a RayTaskError subclass: keep our class and message.
+    for cls in (NonFiniteLossError, TrainingError):
+        if isinstance(cause, cls):
+            return cls(message.splitlines()[-1] if "Traceback" in message else message)
+    return TrainingError(f"{name}: training failed: {type(cause).__name__}: {message}")
 
 
 def run_training(
@@ -166,10 +174,7 @@ def run_training(
     except TrainingError:
         raise
     except Exception as err:
-        cause = _root_cause(err)
-        if isinstance(cause, TrainingError):
-            raise type(cause)(str(cause)) from err
-        raise TrainingError(f"{name}: training failed: {type(cause).__name__}: {cause}") from err
+        raise _reraise(name, err) from err
     if not keep_run_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
     return result
