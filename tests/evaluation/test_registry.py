@@ -35,6 +35,8 @@ def test_align_registered_version_is_reused_and_loads_back(eval_project, trackin
     # Loaded back from the registry, it is the same model as models/policy.
     model_dir = registry.resolve_model_ref(f"models:/alignflow-policy/{version}")
     assert read_meta(model_dir)["kind"] == "causal_lm"
+    if "model_logged_as" not in info:  # logged with mlflow.transformers: rebuilt from MLmodel + peft/
+        assert read_meta(model_dir)["registered_from"] == "mlflow.transformers"
     registered, tok = load_causal_lm(str(model_dir))
     local, _ = load_causal_lm("models/policy")
     ids = tok("The quick brown fox", return_tensors="pt")["input_ids"]

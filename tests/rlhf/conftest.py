@@ -29,3 +29,15 @@ class RecordingTracker:
 @pytest.fixture
 def tracker():
     return RecordingTracker()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box OpenMP's
+    spin-waiting threads make them several times slower: run these tests single-threaded."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -206,3 +206,24 @@ def test_ppo_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     a = {k: v for k, v in trainer.model.state_dict().items() if "lora_" in k}
     b = {k: v for k, v in resumed.model.state_dict().items() if "lora_" in k}
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_shared_base_reward_scores_like_the_reward_model(tmp_path, monkeypatch):
+    """The reward LoRA applied as a second adapter on the policy's base gives the reward model's scores."""
+    from alignflow.models import load_reward_model, resolve_spec
+    from alignflow.rlhf.judges import score_with_reward_model
+    from alignflow.rlhf.ppo import SharedBaseReward, build_policy, can_share_base
+
+    monkeypatch.chdir(tmp_path)
+    make_sft_and_reward(tmp_path)
+    base_dir = resolve_spec("models/sft")
+    assert can_share_base("models/reward", base_dir)
+    policy, tok, _ = build_policy(base_dir, stage_params(tmp_path), device="cpu")
+    shared = SharedBaseReward(policy, tok, "models/reward")
+    prompts = [[{"role": "user", "content": "Hello there"}], [{"role": "user", "content": "What is 2+2? Explain."}]]
+    responses = ["Hi! How can I help?", "It is four, because two plus two makes four."]
+    model, rtok = load_reward_model("models/reward", device="cpu")
+    assert shared(prompts, responses) == pytest.approx(score_with_reward_model(model, rtok, prompts, responses), abs=1e-5)
+    assert policy.active_adapter == "default"  # back on the policy adapter, the reward adapter frozen
+    assert not any(p.requires_grad for n, p in policy.named_parameters() if ".reward." in n)
+    assert any(p.requires_grad for n, p in policy.named_parameters() if ".default." in n)

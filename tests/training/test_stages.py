@@ -111,3 +111,24 @@ def test_missing_data_names_the_file_and_the_stage_to_run(project):
     (root / "data/formatted/prefs_train.jsonl").write_text('{"prompt": [], "chosen": []}\n')
     with pytest.raises(InputError, match=r"prefs_train.jsonl:1: .*without 'rejected'|prefs_train.jsonl:1"):
         reward.train_loop({**reward.loop_config(params), "_alignflow_run_dir": str(root / "scratch")})
+
+
+@pytest.mark.slow
+def test_full_finetune_with_packing_saves_plain_weights(project):
+    from transformers import AutoModelForCausalLM
+
+    from alignflow.models import load_causal_lm
+    from alignflow.training import sft
+
+    _, params = project({"sft.peft": "none", "sft.packing": True, "sft.max_steps": 2, "sft.save_steps": 2,
+                         "sft.eval_steps": 2, "sft.learning_rate": 1e-3, "tracking.log_models": False})
+    metrics = sft.run(params, None)
+    assert metrics["steps"] == 2 and metrics["eval_loss"] > 0
+    meta = json.loads(Path("models/sft/alignflow_model.json").read_text())
+    assert meta["adapter"] is False and meta["packing"] is True and meta["peft"] == "none"
+    assert Path("models/sft/model.safetensors").exists()
+    model, _ = load_causal_lm("models/sft", device="cpu")
+    assert isinstance(model, AutoModelForCausalLM._model_mapping[type(model.config)])
+    base, _ = load_causal_lm("tiny:llama", device="cpu")
+    changed = [n for (n, a), (_, b) in zip(model.state_dict().items(), base.state_dict().items()) if not a.equal(b)]
+    assert changed  # the full weights were trained, not an adapter

@@ -22,6 +22,9 @@ class GateParams(Section):
 
 
 class EvalParams(Section):
+    # Benign held-out prompts (prompt records with references). The format stage also writes
+    # data/formatted/eval_prompts.jsonl: the decontaminated eval set, another good choice.
+    benign_prompts: str = "data/formatted/prompts_test.jsonl"
     max_prompts: int = Field(48, ge=1, description="held-out prompts (prompts_test) generated per model")
     max_harmful_prompts: int = Field(24, ge=0, description="held-out harmful prompts (safety)")
     max_pairs: int = Field(64, ge=0, description="held-out human preference pairs (accuracy)")

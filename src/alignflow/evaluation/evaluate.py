@@ -35,7 +35,6 @@ from alignflow.io import InputError, atomic_dir, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
-PROMPTS_TEST = Path("data/formatted/prompts_test.jsonl")
 HARMFUL_TEST = Path("data/formatted/prompts_harmful_test.jsonl")
 PREFS_TEST = Path("data/formatted/prefs_test.jsonl")
 SFT_DIR = Path("models/sft")
@@ -268,12 +267,13 @@ class EvalInputs:
 
 
 def load_inputs(ep) -> EvalInputs:
-    for path, what in ((PROMPTS_TEST, "held-out prompts, format stage"), (SFT_DIR, "SFT model, sft stage"),
+    prompts_file = Path(ep.benign_prompts)
+    for path, what in ((prompts_file, "held-out prompts, format stage"), (SFT_DIR, "SFT model, sft stage"),
                        (REWARD_DIR, "reward model, reward stage"), (POLICY_DIR, "aligned policy, align stage")):
         _require(path, what)
-    records = load_prompts(PROMPTS_TEST, ep.max_prompts)
+    records = load_prompts(prompts_file, ep.max_prompts)
     if not records:
-        raise InputError(f"{PROMPTS_TEST}: no prompt records")
+        raise InputError(f"{prompts_file}: no prompt records")
     harmful = load_prompts(HARMFUL_TEST, ep.max_harmful_prompts) if HARMFUL_TEST.exists() else []
     pairs = load_pairs(PREFS_TEST, ep.max_pairs) if PREFS_TEST.exists() else []
     return EvalInputs(records, harmful, pairs)

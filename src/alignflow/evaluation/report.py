@@ -128,7 +128,7 @@ table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
 td,th{border:1px solid #ddd;padding:.3em .6em;vertical-align:top;text-align:left}
 th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .pass{color:#1a7f37;font-weight:bold}.fail{color:#cf222e;font-weight:bold}
-.gen{white-space:pre-wrap;max-width:28em;font-size:.85em}.worse{background:#fff0f0}
+.gen{white-space:pre-wrap;max-width:28em;font-size:.85em}
 img{max-width:100%;margin:.5em 0}
 """
 

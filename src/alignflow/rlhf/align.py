@@ -118,13 +118,18 @@ def register_policy(params: Params, tracker, method: str) -> dict[str, Any]:
         from alignflow.training import common
 
         return common.log_and_register(params, tracker, OUTPUT, "align", task="text-generation")
-    # best_of_n has no weights of its own: its record (policy + reward model + n) is the model.
-    from alignflow import tracking
+    # best_of_n has no weights of its own: its record (policy + reward model + n) is the model,
+    # logged as a pyfunc that serves best-of-N.
+    import mlflow
 
-    tracker.log_artifact(OUTPUT, artifact_path="model_dir")
+    from alignflow import tracking
+    from alignflow.rlhf.best_of_n import BestOfNPyfunc
+
+    logged = mlflow.pyfunc.log_model(name="model", python_model=BestOfNPyfunc(),
+                                     artifacts={"model_dir": str(OUTPUT.resolve())}, pip_requirements=["alignflow"])
+    tracker.set_tags({"alignflow.align.model_uri": logged.model_uri})
     info: dict[str, Any] = {}
     if params.tracking.register_models:
-        version = tracking.register_model(f"runs:/{tracker.run_id}/model_dir", "align",
-                                          tags={"method": method, "kind": "best_of_n"})
+        version = tracking.register_model(logged.model_uri, "align", tags={"method": method, "kind": "best_of_n"})
         info["registered_version"] = int(version.version)
     return info

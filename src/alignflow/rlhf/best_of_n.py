@@ -103,6 +103,29 @@ class BestOfNPolicy:
                                   top_p=self.top_p, seed=seed, batch_size=batch_size)
 
 
+def _pyfunc_base():
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.PythonModel
+
+
+class BestOfNPyfunc(_pyfunc_base()):
+    """MLflow pyfunc wrapper, so the registry holds best_of_n like any other policy.
+
+    The artifact is the models/policy record; the policy and reward model it names are resolved
+    relative to the project the model is loaded in (they are the pipeline's own models/sft and
+    models/reward, registered themselves as alignflow-sft and alignflow-reward).
+    """
+
+    def load_context(self, context):
+        self.policy = BestOfNPolicy.from_dir(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input, params=None):
+        rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
+        prompts = [r["prompt"] if isinstance(r, dict) else [{"role": "user", "content": str(r)}] for r in rows]
+        return self.policy.generate(prompts, max_new_tokens=int((params or {}).get("max_new_tokens", 128)))
+
+
 def run_best_of_n(params, staging: Path, policy_dir: str, reward_dir: str, prompts: list[Messages]) -> tuple[dict, list[dict]]:
     """Write the best_of_n policy record and measure reward vs n on a few prompts (the curve)."""
     align = params.align

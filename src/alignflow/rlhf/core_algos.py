@@ -218,7 +218,7 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def apply_missing_eos_penalty(scores: torch.Tensor, contains_eos: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Subtract `penalty` from the score of every response cut off before EOS (N details #23).
+    """Subtract `penalty` from the score of every response cut off before EOS (N details: "EOS trick").
 
     Without it the policy can pad its reward with long, unfinished answers the reward model
     likes; a penalty of 0 disables it.
@@ -345,7 +345,7 @@ def clipped_value_loss(
     mask: torch.Tensor,
     clip_range_value: float = 0.2,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """0.5 · mean max((V − R)², (V_clip − R)²), V_clip = old + clip(V − old, ±ε_v) (N details #14)."""
+    """0.5 · mean max((V − R)², (V_clip − R)²), V_clip = old + clip(V − old, ±ε_v)."""
     values_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (values_clipped - returns) ** 2

@@ -8,10 +8,10 @@ Faithful to InstructGPT (Ouyang et al. 2022) and "The N Implementation Details o
 - the frozen reference is the same base with the adapter disabled (no second copy);
 - the reward model is loaded once: a second LoRA adapter on the same base when it is a LoRA on
   the same weights (scored with that adapter switched on), else a separate model;
-- rollout: sample responses (temperature T; log-probs of old policy and reference use logits / T,
-  N details #?: "the temperature used to sample must be used to compute log-probs"), score with
-  the reward model at the last token, penalise responses without EOS, subtract β·KL per token
-  (adaptive β, Ziegler et al.), GAE, whitened advantages;
+- rollout: sample responses at temperature T (the log-probs of old policy and reference use
+  logits / T too, as the N details advise), score them with the reward model at the last token,
+  penalise responses without EOS, subtract β·KL per token (adaptive β, Ziegler et al.), GAE,
+  whitened advantages;
 - several PPO epochs of shuffled mini-batches per rollout, clipped policy and value losses;
 - data-parallel under Ray Train: each worker rolls out its shard of prompts, gradients are
   all-reduced (LoRA + value head are small) and the KL statistic is averaged so every worker
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -250,7 +249,7 @@ class PPOTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, eps=1e-5)
         self.policy_loss = ca.get_policy_loss(cfg.policy_loss)
         self.step = 0
-        # Dropout off throughout (N details #4): log-probs of rollout and update must agree.
+        # Dropout off throughout: log-probs of rollout and update must agree.
         self.model.eval()
         for extra in (ref_model, value_model):
             if extra is not None:
@@ -280,7 +279,7 @@ class PPOTrainer:
     def _all_mean(self, value: float) -> float:
         if self._world() == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL reduces GPU tensors only
         torch.distributed.all_reduce(t)
         return (t / self._world()).item()
 
@@ -311,8 +310,6 @@ class PPOTrainer:
         )
         context_len = prompt_ids.shape[1]
         response_ids = out[:, context_len:]
-        if response_ids.shape[1] == 0:  # every row hit EOS at once is impossible; guard anyway
-            response_ids = torch.full((len(prompts), 1), self.eos_ids[0], device=self.device)
         response_mask, contains_eos = response_mask_from_ids(response_ids, self.eos_ids)
         input_ids = torch.cat([prompt_ids, response_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
@@ -388,7 +385,6 @@ class PPOTrainer:
             "entropy": self._all_mean(ca.masked_mean(ro.entropy, mask).item()),
             "response_length": self._all_mean(lengths.mean().item()),
             "eos_rate": self._all_mean(ro.contains_eos.float().mean().item()),
-            "advantage_mean_raw": ca.masked_mean(advantages, mask).item(),
             "value_mean": ca.masked_mean(ro.values, mask).item(),
             "return_mean": ca.masked_mean(returns, mask).item(),
             "explained_variance": ca.explained_variance(ro.values, returns, mask),

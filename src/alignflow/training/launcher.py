@@ -109,7 +109,9 @@ def _root_cause(err: BaseException) -> BaseException:
         seen.add(id(err))
         failures = getattr(err, "worker_failures", None)  # WorkerGroupError: {rank: exception}
         if isinstance(failures, dict) and failures:
-            inner = failures[min(failures)]
+            # Prefer an error we raised on purpose (NaN loss, OOM) over its knock-on effects elsewhere.
+            ours = [failures[r] for r in sorted(failures) if isinstance(failures[r], TrainingError)]
+            inner = ours[0] if ours else failures[min(failures)]
         else:
             inner = getattr(err, "controller_failure", None) or getattr(err, "cause", None) or err.__cause__
         if not isinstance(inner, BaseException):
