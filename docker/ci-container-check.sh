@@ -10,8 +10,8 @@ if [ ! -f "$PODMAN_ENV" ]; then
   echo "container check: skipped ($PODMAN_ENV not found)"
   exit 0
 fi
-BUILD_TIMEOUT=${BUILD_TIMEOUT:-600}   # the whole check stays under ~15 minutes
-SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-480}
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-840}   # guards only: on an idle 2-core machine the check takes ~10-15 min
+SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-600}
 TAG=localhost/alignflow-stage:ci-cpu
 t0=$(date +%s)
 

@@ -35,7 +35,7 @@ def test_repl_keeps_history_and_resets(monkeypatch):
     assert text.count("assistant> ") == 3 and "(conversation cleared)" in text and "unknown command /bogus" in text
 
 
-def test_chat_cli_with_a_model_dir_and_a_missing_alias(tmp_path):
+def test_chat_cli_with_a_model_dir_and_a_missing_alias(tmp_path, monkeypatch, capsys):
     from alignflow.models import load_causal_lm, save_model_dir
 
     model, tok = load_causal_lm("tiny:llama")
@@ -47,7 +47,8 @@ def test_chat_cli_with_a_model_dir_and_a_missing_alias(tmp_path):
     assert proc.stdout.count("assistant> ") == 1
 
     # No registry alias in an empty tracking DB: a clear error, exit code 2.
-    env_uri = f"sqlite:///{tmp_path / 'empty.db'}"
-    proc = subprocess.run([exe, "chat", "--model", "champion"], input="", capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": env_uri})
-    assert proc.returncode == 2 and "no 'champion' alias" in proc.stderr
+    from alignflow.evaluation.chat import chat_main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert chat_main("champion") == 2
+    assert "no 'champion' alias" in capsys.readouterr().err

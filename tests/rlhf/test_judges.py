@@ -254,3 +254,12 @@ def test_labelstudio_unknown_task_is_an_error(tmp_path):
     bad = _as_label_studio_export(tasks, {"p1": [{"type": "ranker", "value": {"ranker": {"r": ["r7"]}}}]})
     with pytest.raises(InputError, match="unknown responses"):
         labelstudio.import_annotations(bad, tasks)
+
+
+def test_local_llm_judge_with_a_model_that_cannot_judge():
+    """A local HF judge (here a random tiny model): its gibberish is retried, counted, never guessed."""
+    backend = judges.LocalChatBackend("tiny:llama", max_new_tokens=4)
+    judge = judges.LLMJudge(backend, max_retries=1)
+    p = judge.compare(PROMPT, "Paris.", "Lyon.")
+    assert math.isnan(p)
+    assert judge.stats["calls"] == 4 and judge.stats["failed_verdicts"] == 2

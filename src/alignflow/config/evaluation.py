@@ -31,7 +31,7 @@ class EvalParams(Section):
     max_new_tokens: int = Field(96, ge=1)
     temperature: float = Field(0.7, ge=0.0, description="0 = greedy")
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1, description="sequences per generate()/scoring batch")
     max_length: int = Field(512, ge=16, description="prompt+response tokens when scoring log-probs")
     # The independent judge (the rank stage's judges): the reward model is not trusted to grade
     # what was optimized against it.

@@ -43,6 +43,12 @@ POLICY_DIR = Path("models/policy")
 REPORTS_DIR = Path("reports")
 
 CANDIDATE = "policy"  # the model name used in tables and plots for the candidate
+# What the report shows first (the contract keys of metrics/eval.json).
+HEADLINE_METRICS = (
+    "gate_passed", "winrate_judge_vs_champion", "winrate_rm_vs_champion", "winrate_judge_vs_sft", "winrate_rm_vs_sft",
+    "rm_accuracy_heldout", "policy_implicit_accuracy", "kl_vs_sft", "refusal_rate_harmful", "overrefusal_rate_benign",
+    "length_ratio_vs_sft", "distinct_2", "reward_mean", "reward_mean_sft",
+)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -482,6 +488,11 @@ def _write_report(out: Path, metrics, gens, records, winrates, cis, gate_record,
     examples = [{"prompt": _prompt_text(records[i]["prompt"]), "reference": records[i].get("reference"),
                  "responses": {n: g.responses[i] for n, g in gens.items()},
                  "rewards": {n: g.rewards[i] for n, g in gens.items()}} for i in order[: ep.report_examples]]
-    page = report.render_html(title="alignflow eval", metrics=metrics, diagnostics=diagnostics,
+    from alignflow.models import read_meta
+
+    method = (read_meta(POLICY_DIR) or {}).get("method") or (read_meta(POLICY_DIR) or {}).get("kind", "policy")
+    headline = [k for k in HEADLINE_METRICS if k in metrics]
+    ordered = {**{k: metrics[k] for k in headline}, **{k: v for k, v in metrics.items() if k not in headline}}
+    page = report.render_html(title=f"alignflow eval — candidate ({method})", metrics=ordered, diagnostics=diagnostics,
                               examples=examples, gate=gate_record, images=images, notes=notes)
     (out / "eval.html").write_text(page, encoding="utf-8")

@@ -365,7 +365,7 @@ class PPOTrainer:
                 self._allreduce_grads()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
                 self.optimizer.step()
-                for key, value in {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
+                for key, value in {"loss": loss.item(), "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                                    "grad_norm": float(grad_norm), **pg_stats, **vf_stats}.items():
                     stats.setdefault(key, []).append(value)
                 del logits

@@ -81,7 +81,9 @@ def _ensure_ray(params: Params, env: dict[str, str]) -> None:
     if ray.is_initialized():
         return
     address = _ray_address(params)
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+    # Job-wide env only; the stage's run id goes per run (worker_runtime_env + the loop wrapper).
+    job_env = {k: v for k, v in env.items() if k != RUN_ID_ENV}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": job_env}, "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)
     else:
