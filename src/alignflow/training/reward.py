@@ -129,6 +129,7 @@ def train_loop(config: dict) -> dict[str, Any]:
             "eval_pairs": len(trainer.eval_dataset),
         })
     if is_rank_zero():
+        tokenizer.padding_side = "left"
         meta = {"base": config["base"], "stage": "reward", "peft": section.peft, "max_length": section.max_length}
         if config.get("base_digest"):
             meta["base_digest"] = config["base_digest"]

@@ -107,7 +107,10 @@ def load_for_training(base: str, params: Params, peft: str, *, reward: bool = Fa
         auto = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
         extra = {"num_labels": 1} if reward else {}
         if quant is not None:
+            import torch
+
             extra["quantization_config"] = quant
+            extra["device_map"] = {"": torch.cuda.current_device()}  # this worker's GPU (set by Ray Train)
         if params.model.attn_implementation != "auto":
             extra["attn_implementation"] = params.model.attn_implementation
         model = auto.from_pretrained(resolve_spec(base), dtype=resolve_dtype(params.model.dtype), **extra, **kwargs)
@@ -190,6 +193,7 @@ def train_loop(config: dict) -> dict[str, Any]:
         metrics["eval_loss"] = ev.get("eval_loss")
         metrics["eval_perplexity"] = math.exp(ev["eval_loss"]) if ev.get("eval_loss") is not None and ev["eval_loss"] < 50 else None
     if is_rank_zero():
+        tokenizer.padding_side = "left"  # saved for generation, as every loader sets it
         model_to_save = trainer.model
         meta = {"base": config["base"], "stage": "sft", "peft": section.peft, "loss_on": section.loss_on,
                 "max_length": section.max_length, "packing": section.packing}
