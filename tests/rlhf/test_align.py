@@ -68,9 +68,9 @@ def test_ppo_raises_toy_reward_within_kl_target():
     last = sum(h["reward"] for h in history[-3:]) / 3
     assert last > first + 0.15, [round(h["reward"], 3) for h in history]
     assert all(h["kl"] < target_kl for h in history), [round(h["kl"], 3) for h in history]
-    assert history[-1]["kl"] > 0.05  # it did move away from the reference
-    # The reference is the adapter switched off: with the adapter on, log-probs now differ.
-    assert history[-1]["policy_clipfrac"] >= 0.0 and "value_loss" in history[-1]
+    assert history[-1]["kl"] > 0.05  # it did move away from the reference (the adapter switched off)
+    # Below its target the adaptive controller loosens the penalty.
+    assert trainer.kl_ctl.value < cfg.init_kl_coef
 
 
 # ------------------------------------------------------------------ stage fixtures
@@ -162,7 +162,7 @@ def test_dpo_stage_raises_preference_accuracy(tmp_path, monkeypatch, tracker):
 # ------------------------------------------------------------------ PPO through the stage
 
 
-def test_ppo_stage_shares_the_base_and_resumes(tmp_path, monkeypatch, tracker):
+def test_ppo_stage_shares_the_base(tmp_path, monkeypatch, tracker):
     from alignflow.rlhf import align
 
     monkeypatch.chdir(tmp_path)
@@ -227,3 +227,29 @@ def test_shared_base_reward_scores_like_the_reward_model(tmp_path, monkeypatch):
     assert policy.active_adapter == "default"  # back on the policy adapter, the reward adapter frozen
     assert not any(p.requires_grad for n, p in policy.named_parameters() if ".reward." in n)
     assert any(p.requires_grad for n, p in policy.named_parameters() if ".default." in n)
+
+
+@pytest.mark.parametrize("method", ["kto", "grpo", "rloo", "best_of_n"])
+def test_other_methods_run_through_the_stage(method, tmp_path, monkeypatch, tracker):
+    """One short run each: a policy record, a curve with the standard columns, metrics."""
+    from alignflow.rlhf import align
+
+    monkeypatch.chdir(tmp_path)
+    make_sft_and_reward(tmp_path)
+    write_jsonl(tmp_path / "data/formatted/prompts_train.jsonl",
+                [{"id": f"q{i}", "prompt": [{"role": "user", "content": f"Tell me about {i}."}]} for i in range(4)])
+    write_jsonl(tmp_path / "data/prefs/kto.jsonl",
+                [{"prompt": [{"role": "user", "content": f"Q{i}"}],
+                  "completion": [{"role": "assistant", "content": "a good answer" if i % 2 else "bad"}],
+                  "label": bool(i % 2)} for i in range(4)])
+    params = stage_params(tmp_path, method=method, max_steps=1, batch_size=2, max_prompts=2,
+                          best_of_n={"n": 2}, grpo={"num_generations": 2}, rloo={"num_generations": 2})
+    metrics = align.run(params, tracker)
+    meta = json.loads((tmp_path / "models/policy/alignflow_model.json").read_text())
+    assert meta["method"] == method
+    curve = read_curve(tmp_path / "plots/align_curve.csv")
+    assert curve and curve[0]["reward"] != "" and curve[0]["response_length"] != ""
+    if method == "best_of_n":
+        assert meta["kind"] == "best_of_n" and meta["n"] == 2 and metrics["kl_last"] == pytest.approx(0.1931, abs=1e-3)
+    else:
+        assert meta["adapter"] and metrics["steps"] == 1 and curve[0]["kl"] != "" and curve[0]["entropy"] != ""
