@@ -225,9 +225,17 @@ def implicit_accuracy(policy, reference_fallback, tokenizer, pairs: list[dict], 
 
 
 def reward_scores(rm, rm_tok, prompts: list[list[dict]], responses: list[str], ep) -> list[float]:
+    """Reward-model scores in input order; scored longest first so a batch pads little."""
     from alignflow.rlhf.judges import score_with_reward_model
 
-    return score_with_reward_model(rm, rm_tok, prompts, responses, ep.batch_size, ep.max_length)
+    size = [sum(len(m["content"]) for m in p) + len(r) for p, r in zip(prompts, responses)]
+    order = sorted(range(len(prompts)), key=lambda i: -size[i])
+    scores = score_with_reward_model(rm, rm_tok, [prompts[i] for i in order], [responses[i] for i in order],
+                                     ep.batch_size, ep.max_length)
+    out = [0.0] * len(prompts)
+    for i, s in zip(order, scores):
+        out[i] = s
+    return out
 
 
 def rm_pair_accuracy(rm, rm_tok, pairs: list[dict], ep) -> float:
