@@ -42,8 +42,11 @@ smoke: setup ## the same DAG on a tiny model and tiny data, in .smoke/
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: setup
+bench: setup ## every benchmark; each prints its ratios and writes bench/results/<name>.json
 	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/sft_throughput.py
+	$(BIN)/python bench/sample_throughput.py
+	$(BIN)/python bench/ppo_memory.py
 
 ui: setup ## MLflow UI on the local tracking DB: http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000

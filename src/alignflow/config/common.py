@@ -35,3 +35,13 @@ class TrackingParams(Section):
     tracking_uri: str | None = None
     register_models: bool = True
     log_models: bool = True
+
+
+class LoraParams(Section):
+    """PEFT LoRA settings, shared by sft, reward and align."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # "all-linear" = every linear layer but the output head, whatever the architecture calls them.
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from alignflow.config.base import Section
+from alignflow.config.common import LoraParams
 
 JudgeName = Literal["reference", "reward_model", "llm", "human"]
 AlignMethod = Literal["dpo", "ppo", "grpo", "rloo", "kto", "best_of_n"]
@@ -73,13 +74,6 @@ class RankParams(Section):
         if "llm" in self.judge and self.llm.backend == "http" and not self.llm.base_url:
             problems.append("llm.base_url: the http LLM judge needs an OpenAI-compatible endpoint")
         return problems
-
-
-class LoraParams(Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
 class DPOParams(Section):

@@ -13,16 +13,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from alignflow.config.base import Section
+from alignflow.config.common import LoraParams
 
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
-
-
-class LoraParams(Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    # "all-linear" = every linear layer but the output head, whatever the architecture calls them.
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
 class TrainLoopParams(Section):

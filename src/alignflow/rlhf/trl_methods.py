@@ -20,13 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def training_args(align, params, run_dir: str, *, per_device_batch: int) -> dict[str, Any]:
-    """TrainingArguments shared by the TRL configs (CPU-friendly defaults)."""
-    import torch
+    """TrainingArguments shared by the TRL alignment configs."""
+    from alignflow.training.common import runtime_args
 
-    from alignflow.models import resolve_dtype
-
-    on_gpu = torch.cuda.is_available() and params.ray.use_gpu
-    dtype = resolve_dtype(params.model.dtype)
     return dict(
         output_dir=run_dir,
         per_device_train_batch_size=per_device_batch,
@@ -35,28 +31,15 @@ def training_args(align, params, run_dir: str, *, per_device_batch: int) -> dict
         max_steps=align.max_steps,
         lr_scheduler_type="constant",  # short runs: no decay to cut the last steps short
         logging_steps=1,
-        logging_first_step=True,
-        save_strategy="steps",
         save_steps=align.save_steps,
-        save_total_limit=2,
-        bf16=on_gpu and dtype == torch.bfloat16,
-        fp16=on_gpu and dtype == torch.float16,
-        use_cpu=not on_gpu,
-        seed=params.seed,
-        data_seed=params.seed,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        logging_nan_inf_filter=False,
+        **runtime_args(params),
     )
 
 
 def lora_config(align):
-    from peft import LoraConfig
+    from alignflow.training.common import lora_config as section_lora_config
 
-    lora = align.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                      task_type="CAUSAL_LM", bias="none")
+    return section_lora_config(align, "CAUSAL_LM")
 
 
 def read_table(path: str, columns: tuple[str, ...], what: str, limit: int | None = None):

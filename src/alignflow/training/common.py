@@ -95,7 +95,8 @@ def quantization_config(peft: str):
 
 
 def lora_config(section, task_type: str):
-    if section.peft == "none":
+    """PEFT LoraConfig from a section with `lora` (and `peft`: none means full fine-tuning)."""
+    if getattr(section, "peft", "lora") == "none":
         return None
     from peft import LoraConfig
 
@@ -106,14 +107,33 @@ def lora_config(section, task_type: str):
     )
 
 
-def hf_args(section, params: Params, run_dir: str, has_eval: bool, **extra) -> dict[str, Any]:
-    """TrainingArguments shared by both trainers (CPU-friendly: no bf16, no grad checkpointing)."""
+def runtime_args(params: Params) -> dict[str, Any]:
+    """Device, precision, seeding, checkpointing and logging that every HF/TRL trainer here shares."""
     import torch
 
     from alignflow.models import resolve_dtype
 
-    on_gpu = torch.cuda.is_available()
+    on_gpu = torch.cuda.is_available() and params.ray.use_gpu
     dtype = resolve_dtype(params.model.dtype)
+    return dict(
+        logging_first_step=True,
+        save_strategy="steps",
+        save_total_limit=2,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu,
+        seed=params.seed,
+        data_seed=params.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        # keep NaN/inf visible to FiniteLossCallback instead of averaging them away
+        logging_nan_inf_filter=False,
+    )
+
+
+def hf_args(section, params: Params, run_dir: str, has_eval: bool, **extra) -> dict[str, Any]:
+    """TrainingArguments shared by the sft and reward trainers."""
     return dict(
         output_dir=run_dir,
         per_device_train_batch_size=section.per_device_batch_size,
@@ -127,24 +147,12 @@ def hf_args(section, params: Params, run_dir: str, has_eval: bool, **extra) -> d
         lr_scheduler_type=section.lr_scheduler,
         max_grad_norm=section.max_grad_norm,
         logging_steps=section.logging_steps,
-        logging_first_step=True,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=section.eval_steps,
-        save_strategy="steps",
         save_steps=section.save_steps,
-        save_total_limit=2,
         activation_checkpointing=section.gradient_checkpointing,
-        bf16=on_gpu and dtype == torch.bfloat16,
-        fp16=on_gpu and dtype == torch.float16,
-        use_cpu=not on_gpu,
-        seed=params.seed,
-        data_seed=params.seed,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         remove_unused_columns=True,
-        # keep NaN/inf visible to FiniteLossCallback instead of averaging them away
-        logging_nan_inf_filter=False,
+        **runtime_args(params),
         **extra,
     )
 
