@@ -54,6 +54,7 @@ def test_length_stats_and_ratio():
         ("I'm so sorry for the trouble.", "apology"),
         ("My apologies, here it is.", "apology"),
         ("As an AI language model, I have no opinions.", "as_an_ai"),
+        ("I'm sorry, but as a general AI, I don't have opinions.", "as_an_ai"),
         ("Could you please clarify?", "please"),
         ("Really???", "repeated_punct"),
         ("Wow!!", "repeated_punct"),

@@ -104,8 +104,8 @@ EXTRA_APOLOGY_PATTERNS = (
     r"\bmy apologies\b",
     r"\bsorry for (?:the|any) (?:confusion|inconvenience)\b",
 )
-AS_AN_AI_PATTERN = (r"\bas an? (?:ai|a\.i\.|artificial intelligence|language model|large language model|llm|"
-                    r"ai language model|ai assistant)\b|\bi'm (?:just|only) an ai\b|作为(?:一个)?(?:ai|人工智能)")
+AS_AN_AI_PATTERN = (r"\bas an? (?:\w+ )?(?:ai|a\.i\.|artificial intelligence|language model|large language model|"
+                    r"llm|ai language model|ai assistant|chatbot)\b|\bi'm (?:just|only) an ai\b|作为(?:一个)?(?:ai|人工智能)")
 PLEASE_PATTERN = r"\bplease\b"
 REPEATED_PUNCT_PATTERN = r"[?!？！]{2,}|\.{4,}"
 LIST_ITEM_PATTERN = r"^\s*(?:\d+[.)、]|[-*•])\s*\S"
