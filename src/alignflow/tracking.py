@@ -240,11 +240,36 @@ def finish_pipeline_run(parent_id: str, status: str = "FINISHED", lock_path: str
 
 
 def register_model(model_uri: str, stage: str, aliases: tuple[str, ...] = ("candidate",), tags: dict[str, str] | None = None):
-    """Register `model_uri` under the stage's registry name and point the aliases at it."""
+    """Register a logged model (`models:/…` or a logged-model URI) and point the aliases at it."""
     mlflow = _mlflow()
     name = REGISTERED_NAMES[stage]
     version = mlflow.register_model(model_uri, name, tags=tags)
-    client = mlflow.MlflowClient()
-    for alias in aliases:
-        client.set_registered_model_alias(name, alias, version.version)
+    _set_aliases(name, version.version, aliases)
     return version
+
+
+def register_artifacts(run_id: str, artifact_path: str, stage: str, aliases: tuple[str, ...] = ("candidate",),
+                       tags: dict[str, str] | None = None):
+    """Register a run's plain artifact directory (a model dir our loaders read) as a version.
+
+    MLflow 3 resolves `runs:/<id>/<path>` in `register_model` to a *logged model*, which plain
+    artifacts are not; a version created from the artifact URI works for both."""
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+
+    name = REGISTERED_NAMES[stage]
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        pass  # exists already
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = client.create_model_version(name, source, run_id=run_id, tags=tags)
+    _set_aliases(name, version.version, aliases)
+    return version
+
+
+def _set_aliases(name: str, version: str, aliases: tuple[str, ...]) -> None:
+    client = _mlflow().MlflowClient()
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version)

@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import jinja2
-import pytest
 import yaml
 
 from alignflow import STAGES

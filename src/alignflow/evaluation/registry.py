@@ -129,20 +129,12 @@ def download_version(version: str, dst: str | os.PathLike | None = None, name: s
 
 def register_candidate(model_dir: str | os.PathLike, tracker, digest: str | None = None) -> str:
     """Log `model_dir` to the eval run and register it as a new version with alias `candidate`."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from alignflow import tracking
 
     digest = digest or policy_digest(model_dir)
     tracker.log_artifact(model_dir, artifact_path="policy")
-    source = mlflow.get_artifact_uri("policy")
-    client = mlflow.MlflowClient()
-    try:
-        client.create_registered_model(POLICY_MODEL)
-    except MlflowException:
-        pass  # exists already
-    mv = client.create_model_version(POLICY_MODEL, source, run_id=tracker.run_id,
+    mv = tracking.register_artifacts(tracker.run_id, "policy", "align", aliases=(CANDIDATE,),
                                      tags={DIGEST_TAG: digest, "alignflow.registered_by": "eval"})
-    client.set_registered_model_alias(POLICY_MODEL, CANDIDATE, mv.version)
     return str(mv.version)
 
 

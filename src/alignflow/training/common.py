@@ -273,14 +273,16 @@ def log_and_register(params: Params, tracker, model_dir: Path, stage: str, task:
         uri = logged.model_uri
     except Exception as err:
         # mlflow.transformers resolves a PEFT base by hub id; a local base (embedded/tiny cache dir)
-        # has none, so fall back to the model dir itself as artifacts (still loadable with our loader).
-        log.warning("mlflow.transformers.log_model failed (%s: %s); logging the model dir as plain artifacts "
-                    "(not registered)", type(err).__name__, err)
+        # has none, so fall back to the model dir itself as artifacts (loadable with our loader).
+        log.warning("mlflow.transformers.log_model failed (%s: %s); logging the model dir as plain artifacts",
+                    type(err).__name__, err)
         tracker.log_artifact(model_dir, artifact_path="model_dir")
         uri = None
-        tracker.set_tags({f"alignflow.{stage}.model_dir_artifacts": f"runs:/{tracker.run_id}/model_dir"})
-    tracker.set_tags({f"alignflow.{stage}.model_uri": uri or "", f"alignflow.{stage}.base": meta.get("base", "")})
-    if params.tracking.register_models and uri:
-        version = tracking.register_model(uri, stage, tags={"base": meta.get("base", ""), "adapter": str(bool(meta.get("adapter")))})
+    tracker.set_tags({f"alignflow.{stage}.model_uri": uri or f"runs:/{tracker.run_id}/model_dir",
+                      f"alignflow.{stage}.base": meta.get("base", "")})
+    if params.tracking.register_models:
+        tags = {"base": meta.get("base", ""), "adapter": str(bool(meta.get("adapter")))}
+        version = (tracking.register_model(uri, stage, tags=tags) if uri
+                   else tracking.register_artifacts(tracker.run_id, "model_dir", stage, tags=tags))
         info["registered_version"] = int(version.version)
     return info

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from alignflow.config import Params, ParamsError
+from alignflow.config import Params
 from alignflow.io import InputError
 from alignflow.training import common
 from alignflow.training.launcher import LOOP_DIR_KEY, LOOP_HINT_KEY, run_training
