@@ -58,3 +58,15 @@ def test_overrides_and_bad_yaml(tmp_path):
 
 def test_flatten_uses_dotted_keys_and_list_indices():
     assert flatten({"a": {"b": 1, "c": [{"d": 2}], "e": [1, 2]}}) == {"a.b": 1, "a.c.0.d": 2, "a.e": [1, 2]}
+
+
+def test_every_dvc_param_exists_in_params_yaml():
+    """DVC refuses to run a stage whose `params:` key is missing from params.yaml."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for dotted in stage.get("params", []):
+            node = raw
+            for part in dotted.split("."):
+                assert isinstance(node, dict) and part in node, f"dvc.yaml stage {name}: params.yaml has no {dotted}"
+                node = node[part]
