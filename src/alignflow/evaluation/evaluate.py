@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from alignflow import paths
 from alignflow.config import Params
 from alignflow.evaluation import gate as gate_mod
 from alignflow.evaluation import metrics as M
@@ -35,11 +36,11 @@ from alignflow.io import InputError, atomic_dir, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
-HARMFUL_TEST = Path("data/formatted/prompts_harmful_test.jsonl")
-PREFS_TEST = Path("data/formatted/prefs_test.jsonl")
-SFT_DIR = Path("models/sft")
-REWARD_DIR = Path("models/reward")
-POLICY_DIR = Path("models/policy")
+HARMFUL_TEST = paths.HARMFUL_TEST
+PREFS_TEST = paths.PREFS_TEST
+SFT_DIR = paths.SFT_MODEL
+REWARD_DIR = paths.REWARD_MODEL
+POLICY_DIR = paths.POLICY_MODEL
 REPORTS_DIR = Path("reports")
 
 CANDIDATE = "policy"  # the model name used in tables and plots for the candidate

@@ -62,6 +62,21 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str, legend: bool) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=8)
+
+
 def plot_reward_distributions(rewards: dict[str, Sequence[float]], path: str | Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
@@ -72,15 +87,8 @@ def plot_reward_distributions(rewards: dict[str, Sequence[float]], path: str | P
         if vals:
             ax.hist(vals, bins=bins, range=(min(finite), max(finite) + 1e-9), alpha=0.45,
                     label=f"{model} (mean {sum(vals) / len(vals):.2f})")
-    ax.set_xlabel("reward-model score")
-    ax.set_ylabel("responses")
-    ax.set_title("Reward distribution per model")
-    if finite:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    _label(ax, "reward-model score", "responses", "Reward distribution per model", legend=bool(finite))
+    return _save(plt, fig, path)
 
 
 def plot_reward_vs_length(points: dict[str, tuple[Sequence[int], Sequence[float]]], path: str | Path) -> Path:
@@ -89,15 +97,8 @@ def plot_reward_vs_length(points: dict[str, tuple[Sequence[int], Sequence[float]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     for model, (lengths, rewards) in points.items():
         ax.scatter(lengths, rewards, s=12, alpha=0.6, label=model)
-    ax.set_xlabel("response length (words)")
-    ax.set_ylabel("reward-model score")
-    ax.set_title("Reward vs length")
-    if points:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    _label(ax, "response length (words)", "reward-model score", "Reward vs length", legend=bool(points))
+    return _save(plt, fig, path)
 
 
 def plot_winrates(winrates: dict[str, float], cis: dict[str, tuple[float, float]], path: str | Path) -> Path:
@@ -113,10 +114,7 @@ def plot_winrates(winrates: dict[str, float], cis: dict[str, tuple[float, float]
     ax.set_xlim(0, 1)
     ax.set_xlabel("win rate (ties = ½), 95% bootstrap CI")
     ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------- HTML

@@ -14,17 +14,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from alignflow import paths
 from alignflow.config import Params
 from alignflow.io import InputError
 
 log = logging.getLogger(__name__)
 
-OUTPUT = Path("models/policy")
+OUTPUT = paths.POLICY_MODEL
 CURVE = Path("plots/align_curve.csv")
-SFT_DIR = Path("models/sft")
+SFT_DIR = paths.SFT_MODEL
 PREFS_TRAIN = Path("data/prefs/train.jsonl")
 PREFS_KTO = Path("data/prefs/kto.jsonl")
-PROMPTS = Path("data/formatted/prompts_train.jsonl")
+PROMPTS = paths.PROMPTS_TRAIN
 NEEDS_REWARD_MODEL = ("ppo", "grpo", "rloo", "best_of_n")
 
 

@@ -22,13 +22,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from alignflow import paths
 from alignflow.io import InputError, atomic_dir, content_id, read_jsonl, write_jsonl
 from alignflow.rlhf import labelstudio
 
 log = logging.getLogger(__name__)
 
 SAMPLES_PATH = Path("data/samples/samples.jsonl")
-HUMAN_PREFS_PATH = Path("data/formatted/prefs_train.jsonl")
+HUMAN_PREFS_PATH = paths.PREFS_TRAIN_HUMAN
 OUT_DIR = Path("data/prefs")
 
 

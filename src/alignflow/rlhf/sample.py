@@ -12,13 +12,14 @@ import os
 import time
 from pathlib import Path
 
+from alignflow import paths
 from alignflow.io import InputError, atomic_dir, read_jsonl, write_jsonl
 from alignflow.rlhf.generation import Generation
 
 log = logging.getLogger(__name__)
 
-PROMPTS_PATH = Path("data/formatted/prompts_train.jsonl")
-SFT_DIR = Path("models/sft")
+PROMPTS_PATH = paths.PROMPTS_TRAIN
+SFT_DIR = paths.SFT_MODEL
 OUT_DIR = Path("data/samples")
 
 

@@ -11,12 +11,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from alignflow import paths
 from alignflow.config import Params, ParamsError
 from alignflow.io import InputError, read_jsonl
 
 log = logging.getLogger(__name__)
 
-FORMATTED = Path("data/formatted")
+FORMATTED = paths.FORMATTED
 
 
 # --- data -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alignflow import paths
 from alignflow.config import Params
 from alignflow.io import InputError
 from alignflow.training import common
@@ -22,7 +23,7 @@ from alignflow.training.launcher import LOOP_DIR_KEY, LOOP_HINT_KEY, run_trainin
 
 log = logging.getLogger(__name__)
 
-OUTPUT = Path("models/reward")
+OUTPUT = paths.REWARD_MODEL
 CURVE = Path("plots/reward_loss.csv")
 PREFS = Path("data/prefs")
 

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from alignflow import paths
 from alignflow.config import Params
 from alignflow.io import InputError
 from alignflow.training import common
@@ -28,7 +29,7 @@ from alignflow.training.launcher import LOOP_DIR_KEY, LOOP_HINT_KEY, run_trainin
 
 log = logging.getLogger(__name__)
 
-OUTPUT = Path("models/sft")
+OUTPUT = paths.SFT_MODEL
 CURVE = Path("plots/sft_loss.csv")
 
 
