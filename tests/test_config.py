@@ -39,6 +39,10 @@ def test_wrong_type_and_value(tmp_path):
         load_params(write(tmp_path, {"ray": {"num_workers": -1}}))
     with pytest.raises(ParamsError, match=r"model\.dtype.*'float8'"):
         load_params(write(tmp_path, {"model": {"dtype": "float8"}}))
+    with pytest.raises(ParamsError, match=r"align\.dpo.*2 weights for 1 loss types"):
+        load_params(write(tmp_path, {"align": {"dpo": {"loss_weights": [1.0, 0.5]}}}))
+    dpo = load_params(write(tmp_path, {"align": {"dpo": {"loss_type": "ipo"}}})).align.dpo
+    assert dpo.loss_type == ["ipo"]  # one loss may be written without a list
 
 
 def test_unknown_section(tmp_path):

@@ -253,3 +253,19 @@ def test_other_methods_run_through_the_stage(method, tmp_path, monkeypatch, trac
         assert meta["kind"] == "best_of_n" and meta["n"] == 2 and metrics["kl_last"] == pytest.approx(0.1931, abs=1e-3)
     else:
         assert meta["adapter"] and metrics["steps"] == 1 and curve[0]["kl"] != "" and curve[0]["entropy"] != ""
+
+
+def test_dpo_trains_on_the_chosen_sources_with_a_loss_mix(tmp_path, monkeypatch, tracker):
+    """align.dpo.sources keeps judge pairs only; loss_type [sigmoid, sft] (RPO) runs through TRL."""
+    from alignflow.rlhf import align
+
+    monkeypatch.chdir(tmp_path)
+    make_sft_and_reward(tmp_path)
+    judge = [{"prompt": [{"role": "user", "content": f"Q{i}"}], "chosen": [{"role": "assistant", "content": "yes"}],
+              "rejected": [{"role": "assistant", "content": "no"}], "source": "judge:reference"} for i in range(3)]
+    human = [{**r, "source": "hh_rlhf_harmless"} for r in judge[:2]]
+    write_jsonl(tmp_path / "data/prefs/train.jsonl", judge + human)
+    params = stage_params(tmp_path, method="dpo", max_steps=1, batch_size=2,
+                          dpo={"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5], "sources": ["judge"]})
+    metrics = align.run(params, tracker)
+    assert metrics["train_examples"] == 3 and metrics["steps"] == 1

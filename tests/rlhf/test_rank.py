@@ -28,6 +28,20 @@ def test_make_pairs_best_vs_worst_and_nan():
     assert pairs == [] and stats["candidates"] == 0
 
 
+def test_make_pairs_keeps_unfinished_samples_off_the_chosen_side():
+    finished = [True, False, True, True]
+    pairs, stats = rank.make_pairs([0.5, 0.9, 0.2, 0.1], "all", can_be_chosen=finished)
+    # every pair with sample 1 would choose the cut-off sample: dropped
+    assert sorted((c, r) for c, r, _ in pairs) == [(0, 2), (0, 3), (2, 3)]
+    assert stats["unfinished_chosen"] == 3
+    pairs, _ = rank.make_pairs([0.5, 0.9, 0.2, 0.1], "best_vs_worst", can_be_chosen=finished)
+    assert [(c, r) for c, r, _ in pairs] == [(0, 3)]  # the best finished one, not the cut-off 0.9
+    pairs, stats = rank.make_pairs([0.5, 0.9], "best_vs_worst", can_be_chosen=[False, False])
+    assert pairs == [] and stats["unfinished_chosen"] == 1
+    pairs, _ = rank.make_pairs([0.9, 0.5], "all", can_be_chosen=[True, False])
+    assert [(c, r) for c, r, _ in pairs] == [(0, 1)]  # a cut-off sample may be the rejected one
+
+
 def test_pairwise_agreement():
     assert rank.pairwise_agreement([1, 2, 3], [1, 2, 3]) == (3, 3)
     assert rank.pairwise_agreement([1, 2, 3], [3, 2, 1]) == (0, 3)
@@ -69,3 +83,10 @@ def test_rank_stage(tmp_path, monkeypatch, tracker):
     assert kto[0]["completion"][0]["content"].startswith("Paris")
     tasks = rank.labelstudio.load_tasks("data/prefs/labelstudio_tasks.json")
     assert len(tasks) == 6 and len(tasks[0]["data"]["responses"]) == 4
+
+
+def test_pair_sources_split_judge_from_human():
+    from alignflow.rlhf.trl_methods import pair_source
+
+    assert pair_source({"source": "judge:reference"}) == "judge"
+    assert pair_source({"source": "hh_rlhf_harmless_800"}) == pair_source({}) == "human"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignflow.config.base import Section
 from alignflow.config.common import LoraParams
@@ -51,6 +51,7 @@ class RankParams(Section):
     pairs: Literal["all", "best_vs_worst"] = Field("all", description="all = K-choose-2 pairs per prompt (InstructGPT)")
     min_margin: float = Field(0.05, ge=0.0, description="drop pairs whose score gap is below this")
     tie_tolerance: float = Field(1e-6, ge=0.0, description="score gaps at or below this count as ties")
+    finished_chosen_only: bool = Field(True, description="drop pairs whose chosen sample was cut off at max_new_tokens")
     human_weight: float = Field(1.0, ge=0.0, description="human pairs mixed in per judge pair (0 = none)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     reward_model: str = Field("models/reward", description="the reward_model judge's model dir")
@@ -76,11 +77,35 @@ class RankParams(Section):
         return problems
 
 
+DPOLoss = Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "sft"]
+
+
 class DPOParams(Section):
     beta: float = Field(0.1, gt=0)
-    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "apo_zero", "apo_down"] = "sigmoid"
+    # One loss, or several summed with `loss_weights` (TRL): [sigmoid, sft] is RPO — DPO plus the
+    # chosen responses' NLL, which keeps the chosen likely instead of letting both sides sink.
+    loss_type: list[DPOLoss] = Field(default_factory=lambda: ["sigmoid"])
+    loss_weights: list[float] | None = Field(None, description="one weight per loss_type (null = all 1.0)")
+    sources: list[Literal["judge", "human"]] = Field(
+        default_factory=lambda: ["judge", "human"],
+        description="which pairs of data/prefs/train.jsonl to train on: judge-ranked samples, human pairs")
     # auto = precompute when the run makes more than one pass over the pairs (saves a forward per pass).
     precompute_ref_log_probs: bool | Literal["auto"] = "auto"
+
+    @field_validator("loss_type", mode="before")
+    @classmethod
+    def _one_or_more(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _weights_match(self):
+        if not self.loss_type:
+            raise ValueError("loss_type: name at least one loss")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights: {len(self.loss_weights)} weights for {len(self.loss_type)} loss types")
+        if not self.sources:
+            raise ValueError("sources: name judge, human or both")
+        return self
 
 
 class KTOParams(Section):

@@ -3,9 +3,10 @@
 InstructGPT §3.5 turns each labeler ranking of K responses into all K-choose-2 comparisons (and
 trains on all pairs of a prompt together); `rank.pairs: best_vs_worst` keeps only the clearest
 one per prompt. A pair's margin is the judge's score gap; pairs below `rank.min_margin` are
-dropped (gaps at or below `rank.tie_tolerance` count as ties). Human preference pairs from the
-format stage are mixed in at `rank.human_weight` human pairs per judge pair. With two judges the
-second one's agreement with the first is reported (a cheap check on the judge itself).
+dropped (gaps at or below `rank.tie_tolerance` count as ties), and so are pairs whose chosen
+response was cut off at sample.max_new_tokens (`rank.finished_chosen_only`). Human preference
+pairs from the format stage are mixed in at `rank.human_weight` human pairs per judge pair. With
+two judges the second one's agreement with the first is reported (a cheap check on the judge).
 
 Outputs: data/prefs/{train,val}.jsonl (preference records), data/prefs/kto.jsonl (unpaired
 {"prompt","completion","label"} for KTO), data/prefs/labelstudio_tasks.json (+ the labeling config).
@@ -33,20 +34,25 @@ HUMAN_PREFS_PATH = paths.PREFS_TRAIN_HUMAN
 OUT_DIR = Path("data/prefs")
 
 
-def make_pairs(scores: list[float], mode: str = "all", min_margin: float = 0.0,
-               tie_tolerance: float = 1e-6) -> tuple[list[tuple[int, int, float]], Counter]:
+def make_pairs(scores: list[float], mode: str = "all", min_margin: float = 0.0, tie_tolerance: float = 1e-6,
+               can_be_chosen: list[bool] | None = None) -> tuple[list[tuple[int, int, float]], Counter]:
     """(chosen index, rejected index, margin) from one prompt's scores; NaN scores take no part.
 
-    Returns the kept pairs and counts of candidates, ties and pairs dropped below the margin.
+    `can_be_chosen[i] = False` keeps response i off the chosen side (a sample cut off at
+    max_new_tokens: DPO closes every completion with EOS, so it would learn the cut text as a
+    whole answer — and, the judge preferring longer text, to ramble past the budget).
+    Returns the kept pairs and counts of candidates, ties, pairs dropped below the margin and
+    pairs dropped for an unfinished chosen response.
     """
     valid = [i for i, s in enumerate(scores) if not math.isnan(s)]
+    choosable = can_be_chosen or [True] * len(scores)
     stats = Counter()
     if mode == "all":
         candidates = list(itertools.combinations(valid, 2))
     elif mode == "best_vs_worst":
         if len(valid) < 2:
             return [], stats
-        best = max(valid, key=lambda i: scores[i])
+        best = max(valid, key=lambda i: (choosable[i], scores[i]))  # the best response that may be chosen
         worst = min(valid, key=lambda i: scores[i])
         candidates = [(best, worst)] if best != worst else [(valid[0], valid[1])]
     else:
@@ -61,7 +67,11 @@ def make_pairs(scores: list[float], mode: str = "all", min_margin: float = 0.0,
         if abs(gap) < min_margin:
             stats["below_margin"] += 1
             continue
-        kept.append((i, j, gap) if gap > 0 else (j, i, -gap))
+        chosen, rejected = (i, j) if gap > 0 else (j, i)
+        if not choosable[chosen]:
+            stats["unfinished_chosen"] += 1
+            continue
+        kept.append((chosen, rejected, abs(gap)))
     return kept, stats
 
 
@@ -130,7 +140,8 @@ def run(params, tracker) -> dict:
     stats: Counter = Counter()
     judge_pairs, kto = [], []
     for rec, scores in zip(samples, all_scores[0]):
-        kept, counts = make_pairs(scores, cfg.pairs, cfg.min_margin, cfg.tie_tolerance)
+        finished = rec.get("finished") if cfg.finished_chosen_only else None
+        kept, counts = make_pairs(scores, cfg.pairs, cfg.min_margin, cfg.tie_tolerance, can_be_chosen=finished)
         stats.update(counts)
         source = f"judge:{judges[0].name}"
         for i, j, margin in kept:
@@ -179,6 +190,7 @@ def run(params, tracker) -> dict:
         "pairs_judge": len(judge_pairs),
         "ties": stats["ties"],
         "dropped_below_margin": stats["below_margin"],
+        "dropped_unfinished_chosen": stats["unfinished_chosen"],
         "pairs_human": len(human),
         "pairs_train": len(train),
         "pairs_val": len(val),

@@ -42,8 +42,15 @@ def lora_config(align):
     return section_lora_config(align, "CAUSAL_LM")
 
 
-def read_table(path: str, columns: tuple[str, ...], what: str, limit: int | None = None):
-    """A datasets.Dataset of `columns` from a JSONL file; a record missing one names file:line."""
+def pair_source(record: dict) -> str:
+    """'judge' for pairs the rank stage's judge made from policy samples, else 'human'."""
+    return "judge" if str(record.get("source", "")).startswith("judge:") else "human"
+
+
+def read_table(path: str, columns: tuple[str, ...], what: str, limit: int | None = None,
+               keep=lambda record: True):
+    """A datasets.Dataset of `columns` from the JSONL records `keep` accepts; a record missing a
+    column names file:line."""
     from datasets import Dataset
 
     rows = []
@@ -51,7 +58,8 @@ def read_table(path: str, columns: tuple[str, ...], what: str, limit: int | None
         missing = [c for c in columns if c not in rec]
         if missing:
             raise InputError(f"{path}:{lineno}: {what} record lacks {', '.join(missing)}")
-        rows.append({c: rec[c] for c in columns})
+        if keep(rec):
+            rows.append({c: rec[c] for c in columns})
         if limit and len(rows) >= limit:
             break
     if not rows:
@@ -103,10 +111,13 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        train = read_table(config["train_file"], ("prompt", "chosen", "rejected"), "preference")
-        beta = align.dpo.beta
-        args = DPOConfig(**common, beta=beta, loss_type=[align.dpo.loss_type], max_length=align.max_length,
-                         precompute_ref_log_probs=_precompute(align.dpo, align, len(train), per_step))
+        dpo = align.dpo
+        train = read_table(config["train_file"], ("prompt", "chosen", "rejected"),
+                           f"preference (align.dpo.sources: {'+'.join(dpo.sources)})", keep=lambda r: pair_source(r) in dpo.sources)
+        beta = dpo.beta
+        args = DPOConfig(**common, beta=beta, loss_type=list(dpo.loss_type), loss_weights=dpo.loss_weights,
+                         max_length=align.max_length,
+                         precompute_ref_log_probs=_precompute(dpo, align, len(train), per_step))
         trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                              peft_config=lora_config(align))
     elif method == "kto":
