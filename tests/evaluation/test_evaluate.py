@@ -54,6 +54,7 @@ def test_eval_stage_scores_gates_and_promotes(eval_project, tracking_env, capsys
     assert (eval_project / "plots/eval_rewards.csv").read_text().startswith("model,length,reward\n")
     gens = [json.loads(x) for x in (eval_project / "reports/generations.jsonl").read_text().splitlines()]
     assert {g["split"] for g in gens} == {"benign", "harmful"} and set(gens[0]["responses"]) == {"base", "sft", "policy"}
+    assert set(gens[0]["judge_scores"]) == set(gens[0]["finished"]) == {"base", "sft", "policy"}
 
     # Run 2: a new policy; the champion (v1) is downloaded from the registry and compared, and a
     # strict KL limit fails the gate: not an error, the champion stays, the reasons are recorded.

@@ -462,7 +462,10 @@ def _generation_rows(records, harmful_recs, gens: dict[str, Generated]) -> list[
         rows.append({"prompt_id": rec.get("id"), "split": "benign", "prompt": rec["prompt"],
                      "reference": rec.get("reference"),
                      "responses": {n: g.responses[i] for n, g in gens.items()},
+                     "finished": {n: g.finished[i] for n, g in gens.items()},
                      "rewards": {n: g.rewards[i] for n, g in gens.items()}})
+        if all(g.judge_scores for g in gens.values()):  # scoring judges; a pairwise (llm) judge has none
+            rows[-1]["judge_scores"] = {n: g.judge_scores[i] for n, g in gens.items()}
     for i, rec in enumerate(harmful_recs):
         rows.append({"prompt_id": rec.get("id"), "split": "harmful", "prompt": rec["prompt"],
                      "responses": {n: g.harmful[i] for n, g in gens.items()}})
