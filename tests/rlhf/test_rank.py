@@ -86,7 +86,5 @@ def test_rank_stage(tmp_path, monkeypatch, tracker):
 
 
 def test_pair_sources_split_judge_from_human():
-    from alignflow.rlhf.trl_methods import pair_source
-
-    assert pair_source({"source": "judge:reference"}) == "judge"
-    assert pair_source({"source": "hh_rlhf_harmless_800"}) == pair_source({}) == "human"
+    assert rank.pair_source({"source": "judge:reference"}) == "judge"
+    assert rank.pair_source({"source": "hh_rlhf_harmless_800"}) == rank.pair_source({}) == "human"

@@ -84,10 +84,10 @@ class DPOParams(Section):
     beta: float = Field(0.1, gt=0)
     # One loss, or several summed with `loss_weights` (TRL): [sigmoid, sft] is RPO — DPO plus the
     # chosen responses' NLL, which keeps the chosen likely instead of letting both sides sink.
-    loss_type: list[DPOLoss] = Field(default_factory=lambda: ["sigmoid"])
+    loss_type: list[DPOLoss] = Field(default_factory=lambda: ["sigmoid"], min_length=1)
     loss_weights: list[float] | None = Field(None, description="one weight per loss_type (null = all 1.0)")
     sources: list[Literal["judge", "human"]] = Field(
-        default_factory=lambda: ["judge", "human"],
+        default_factory=lambda: ["judge", "human"], min_length=1,
         description="which pairs of data/prefs/train.jsonl to train on: judge-ranked samples, human pairs")
     # auto = precompute when the run makes more than one pass over the pairs (saves a forward per pass).
     precompute_ref_log_probs: bool | Literal["auto"] = "auto"
@@ -99,12 +99,8 @@ class DPOParams(Section):
 
     @model_validator(mode="after")
     def _weights_match(self):
-        if not self.loss_type:
-            raise ValueError("loss_type: name at least one loss")
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"loss_weights: {len(self.loss_weights)} weights for {len(self.loss_type)} loss types")
-        if not self.sources:
-            raise ValueError("sources: name judge, human or both")
         return self
 
 

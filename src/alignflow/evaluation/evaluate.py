@@ -502,7 +502,8 @@ def _write_report(out: Path, metrics, gens, records, winrates, cis, gate_record,
                  "rewards": {n: g.rewards[i] for n, g in gens.items()}} for i in order[: ep.report_examples]]
     from alignflow.models import read_meta
 
-    method = (read_meta(POLICY_DIR) or {}).get("method") or (read_meta(POLICY_DIR) or {}).get("kind", "policy")
+    meta = read_meta(POLICY_DIR) or {}
+    method = meta.get("method") or meta.get("kind", "policy")
     headline = [k for k in HEADLINE_METRICS if k in metrics]
     ordered = {**{k: metrics[k] for k in headline}, **{k: v for k, v in metrics.items() if k not in headline}}
     page = report.render_html(title=f"alignflow eval — candidate ({method})", metrics=ordered, diagnostics=diagnostics,

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 SAMPLES_PATH = Path("data/samples/samples.jsonl")
 HUMAN_PREFS_PATH = paths.PREFS_TRAIN_HUMAN
 OUT_DIR = Path("data/prefs")
+JUDGE_SOURCE = "judge:"  # + the judge's name: the `source` of pairs a judge made from policy samples
+
+
+def pair_source(record: dict) -> str:
+    """'judge' for pairs the rank stage's judge made from policy samples, else 'human'."""
+    return "judge" if str(record.get("source", "")).startswith(JUDGE_SOURCE) else "human"
 
 
 def make_pairs(scores: list[float], mode: str = "all", min_margin: float = 0.0, tie_tolerance: float = 1e-6,
@@ -143,7 +149,7 @@ def run(params, tracker) -> dict:
         finished = rec.get("finished") if cfg.finished_chosen_only else None
         kept, counts = make_pairs(scores, cfg.pairs, cfg.min_margin, cfg.tie_tolerance, can_be_chosen=finished)
         stats.update(counts)
-        source = f"judge:{judges[0].name}"
+        source = f"{JUDGE_SOURCE}{judges[0].name}"
         for i, j, margin in kept:
             chosen, rejected = assistant(rec["responses"][i]), assistant(rec["responses"][j])
             judge_pairs.append({

@@ -42,11 +42,6 @@ def lora_config(align):
     return section_lora_config(align, "CAUSAL_LM")
 
 
-def pair_source(record: dict) -> str:
-    """'judge' for pairs the rank stage's judge made from policy samples, else 'human'."""
-    return "judge" if str(record.get("source", "")).startswith("judge:") else "human"
-
-
 def read_table(path: str, columns: tuple[str, ...], what: str, limit: int | None = None,
                keep=lambda record: True):
     """A datasets.Dataset of `columns` from the JSONL records `keep` accepts; a record missing a
@@ -111,9 +106,12 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
+        from alignflow.rlhf.rank import pair_source
+
         dpo = align.dpo
         train = read_table(config["train_file"], ("prompt", "chosen", "rejected"),
-                           f"preference (align.dpo.sources: {'+'.join(dpo.sources)})", keep=lambda r: pair_source(r) in dpo.sources)
+                           f"preference (align.dpo.sources: {'+'.join(dpo.sources)})",
+                           keep=lambda r: pair_source(r) in dpo.sources)
         beta = dpo.beta
         args = DPOConfig(**common, beta=beta, loss_type=list(dpo.loss_type), loss_weights=dpo.loss_weights,
                          max_length=align.max_length,
