@@ -6,7 +6,7 @@ from alignflow.stage import stage_main
 def main(argv: list[str] | None = None) -> None:
     from alignflow.training.reward import run
 
-    stage_main("reward", run, argv, system_metrics=True)
+    stage_main("reward", run, argv)
 
 
 if __name__ == "__main__":

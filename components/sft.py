@@ -6,7 +6,7 @@ from alignflow.stage import stage_main
 def main(argv: list[str] | None = None) -> None:
     from alignflow.training.sft import run
 
-    stage_main("sft", run, argv, system_metrics=True)
+    stage_main("sft", run, argv)
 
 
 if __name__ == "__main__":

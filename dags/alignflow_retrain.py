@@ -1,6 +1,6 @@
 """alignflow_retrain: the DVC pipeline (dvc.yaml) as an Airflow 3 DAG, one task per stage.
 
-    start_run -> dvc_pull -> collect -> clean -> ... -> eval -> dvc_push -> finish_run
+    start_run -> dvc_pull -> collect -> clean -> ... -> eval -> promote -> dvc_push -> finish_run
 
 - Tasks and dependencies come from dvc.yaml (alignflow.orchestration.dvc_graph), so the DAG
   and `dvc repro` cannot disagree; each stage task runs `dvc repro --single-item <stage>` in
@@ -8,8 +8,11 @@
   (local | docker | kubernetes).
 - Runs on `orchestration.schedule` (default weekly) and whenever the raw-data asset
   (`orchestration.raw_data_asset`) gets an event: new data -> a retraining run.
-- start_run opens one MLflow parent run per DAG run; every stage's child run hangs under it
-  (ALIGNFLOW_PARENT_RUN_ID). finish_run is a teardown: it runs even when a stage failed, tags
+- start_run makes collect's deps in dvc.yaml follow `collect.sources` (new data in any source
+  re-runs the pipeline; unchanged data re-runs nothing) and opens one MLflow parent run per DAG
+  run; every stage's child run hangs under it (ALIGNFLOW_PARENT_RUN_ID).
+- promote runs `alignflow promote` after eval's outputs are committed to dvc.lock: the gate's
+  verdict moves `champion` only then. finish_run is a teardown: it runs even when a stage failed, tags
   the parent with the dvc.lock hashes and closes it FINISHED or FAILED.
 - dvc_pull / dvc_push sync the checkout with `orchestration.dvc_remote` (skipped when unset).
 
@@ -30,6 +33,7 @@ from alignflow.config import load_params
 from alignflow.orchestration import run_tracking
 from alignflow.orchestration.dvc_graph import load_pipeline
 from alignflow.orchestration.operators import START_TASK, OperatorFactory, task_defaults
+from alignflow.orchestration.operators import PROMOTE_TASK
 from alignflow.orchestration.schedule import build_schedule
 
 PROJECT = Path(os.environ.get("ALIGNFLOW_PROJECT_DIR") or Path(__file__).resolve().parents[1])
@@ -57,6 +61,7 @@ def alignflow_retrain():
     @task(task_id=START_TASK, multiple_outputs=True)
     def start_run() -> dict[str, str]:
         context = get_current_context()
+        run_tracking.sync_collect_deps(PARAMS, CHECKOUT)
         return run_tracking.start_parent_run(PARAMS, CHECKOUT, context["dag"].dag_id, context["run_id"])
 
     @task
@@ -82,7 +87,13 @@ def alignflow_retrain():
         for up in sorted(upstream):
             stages[up] >> stages[name]
     parent >> pull >> [stages[name] for name in PIPELINE.roots()]
-    [stages[name] for name in PIPELINE.leaves()] >> push
+    if PROMOTE_TASK in stages:
+        raise ValueError(f"dvc.yaml has a stage named {PROMOTE_TASK!r}: the DAG's own task has that id")
+    if "eval" in stages:
+        promote = factory.promote(**on_failure)
+        [stages[name] for name in PIPELINE.leaves()] >> promote >> push
+    else:
+        [stages[name] for name in PIPELINE.leaves()] >> push
     if not stages:  # a selection of no stages still pulls, pushes and closes the run
         pull >> push
     push >> finish_run(parent["run_id"], parent["tracking_uri"]).as_teardown(setups=parent)

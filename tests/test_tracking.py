@@ -21,20 +21,43 @@ def test_pipeline_parent_and_stage_children(tracking_env, params, tmp_path, monk
         tracker.log_metrics({"loss": 0.5}, step=1)
         return {"kept": 3, "nested": {"ratio": 0.25}}
 
-    with tracking.pipeline_run(params, name="pipe") as parent_id:
+    def fake_eval(p, tracker):
+        data = tmp_path / "prompts_test.jsonl"
+        data.write_text('{"id": "a", "prompt": [{"role": "user", "content": "hi"}]}\n')
+        tracker.log_dataset(data, context="eval")
+        tracker.log_table([{"model": "sft", "response": "hello"}, {"model": "policy", "response": "hi!"}],
+                          "eval/generations.json", parent=True)
+        return {"winrate_judge_vs_sft": 0.6, "winrate_judge_vs_sft_ci_low": 0.4, "reward_std": 1.0}
+
+    with tracking.pipeline_run(params, name=tracking.parent_label(params, "pipe")) as parent_id:
         metrics = run_stage("clean", fake_stage, params)
+        run_stage("eval", fake_eval, params)
     assert metrics["kept"] == 3 and (tmp_path / "metrics/clean.json").exists()
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_id)
-    assert parent.data.tags[tracking.TAG_PIPELINE] == "parent"
-    assert parent.data.metrics["clean.kept"] == 3.0
-    assert parent.data.metrics["clean.nested.ratio"] == 0.25
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
-    assert [c.data.tags[tracking.TAG_STAGE] for c in children] == ["clean"]
+    assert parent.data.tags[tracking.TAG_PIPELINE] == "parent" and parent.info.run_name == "pipe · dpo"
+    assert parent.data.params["align.method"] == "dpo" and "align.dpo.beta" in parent.data.params
+    assert "align.ppo.clip_range" not in parent.data.params  # the headline recipe, not every param
+    # Only the headline reaches the parent; the stage runs keep everything.
+    assert parent.data.metrics["eval.winrate_judge_vs_sft"] == 0.6
+    assert parent.data.metrics["eval.winrate_judge_vs_sft_ci_low"] == 0.4
+    assert "clean.kept" not in parent.data.metrics and "eval.reward_std" not in parent.data.metrics
+    assert parent.data.metrics["wall_time_s"] >= 0
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
+                                  order_by=["attributes.start_time ASC"])
+    assert [c.data.tags[tracking.TAG_STAGE] for c in children] == ["clean", "eval"]
+    assert [c.info.run_name for c in children] == ["clean · default", "eval · dpo"]
     child = children[0]
     assert child.data.params["model.base"] == "tiny:llama"
+    assert child.data.metrics["kept"] == 3.0
     assert [m.value for m in client.get_metric_history(child.info.run_id, "loss")] == [1.0, 0.5]
+    # Datasets as MLflow inputs with DVC's md5 as digest, on the stage and the parent; the table too.
+    for run_id in (children[1].info.run_id, parent_id):
+        [ds] = client.get_run(run_id).inputs.dataset_inputs
+        assert ds.dataset.name == "prompts_test"
+        assert ds.dataset.digest == tracking.file_md5(tmp_path / "prompts_test.jsonl")
+        assert "eval/generations.json" in [a.path for a in client.list_artifacts(run_id, "eval")]
 
 
 def test_failed_stage_marks_run_failed(tracking_env, params, tmp_path, monkeypatch):
@@ -63,5 +86,15 @@ def test_dvc_exp_runs_share_one_parent(tracking_env, params, tmp_path, monkeypat
     exp = mlflow.get_experiment_by_name("test-tracking")
     parents = client.search_runs([exp.experiment_id], f"tags.`{tracking.TAG_DVC_EXP}` = 'exp-abc'")
     assert len(parents) == 1
-    metrics = parents[0].data.metrics
-    assert (metrics["collect.n"], metrics["clean.n"]) == (1.0, 2.0)
+    # Named after the experiment and method, the recipe as params, closed after every stage.
+    [parent] = parents
+    assert parent.info.run_name == "exp-abc · dpo" and parent.data.params["align.method"] == "dpo"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["wall_time_s"] >= 0
+
+    def boom(p, t):
+        raise RuntimeError("stage broke")
+
+    with pytest.raises(RuntimeError):
+        run_stage("align", boom, params)
+    assert client.get_run(parent.info.run_id).info.status == "FAILED"

@@ -31,19 +31,118 @@ def _cmd_validate(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def _cmd_repro(args: argparse.Namespace, rest: list[str]) -> int:
-    """`dvc repro` (or `dvc exp run`) under one MLflow parent run."""
-    from alignflow import tracking
-    from alignflow.config import load_params
+def _split_dvc_args(rest: list[str]) -> tuple[list[str], list[str]]:
+    """(-S values, the other args for dvc) from what follows `repro`; a `--` is dropped, so
+    `alignflow repro --exp -S k=v` and `alignflow repro --exp -- -S k=v` mean the same."""
+    sets, other, args = [], [], [a for a in rest if a != "--"]
+    i = 0
+    while i < len(args):
+        if args[i] in ("-S", "--set") and i + 1 < len(args):
+            sets.append(args[i + 1])
+            i += 2
+            continue
+        if args[i].startswith("--set="):
+            sets.append(args[i].split("=", 1)[1])
+        else:
+            other.append(args[i])
+        i += 1
+    return sets, other
 
-    params = load_params(args.params)
-    dvc = [sys.executable, "-m", "dvc", *(["exp", "run"] if args.exp else ["repro"]), *rest]
+
+def _exp_name(dvc_args: list[str]) -> tuple[str, list[str]]:
+    """The DVC experiment's name (-n/--name given to dvc, else a fresh DVC-style one) and the
+    dvc args that set it, so the MLflow parent can be named after the experiment up front."""
+    for i, arg in enumerate(dvc_args):
+        if arg in ("-n", "--name") and i + 1 < len(dvc_args):
+            return dvc_args[i + 1], dvc_args
+        if arg.startswith("--name="):
+            return arg.split("=", 1)[1], dvc_args
+    from dvc.repo.experiments.utils import gen_random_name
+
+    name = gen_random_name()
+    return name, ["--name", name, *dvc_args]
+
+
+def _cmd_repro(args: argparse.Namespace, rest: list[str]) -> int:
+    """`dvc repro` (or `dvc exp run`) under one MLflow parent run, then `alignflow promote`."""
+    from alignflow import tracking
+    from alignflow.config import ParamsError, load_params
+    from alignflow.data import source_deps
+    from alignflow.stage import parse_overrides
+
+    extra_sets, dvc_args = _split_dvc_args(rest)
+    sets = [*args.set, *extra_sets]
+    try:
+        if sets and not args.exp:
+            raise ParamsError("-S needs --exp: `dvc repro` runs params.yaml as it is; `dvc exp run -S` applies "
+                              "overrides in an experiment (alignflow repro --exp -S key=value)")
+        # What the stages will read: params.yaml with the experiment's -S values applied.
+        params = load_params(args.params, parse_overrides(sets))
+    except ParamsError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if source_deps.sync(params, Path("dvc.yaml")):
+        print("dvc.yaml: the deps of collect now follow collect.sources", flush=True)
+    tags = {}
+    if args.exp:
+        exp, dvc_args = _exp_name(dvc_args)
+        name, tags = args.name or exp, {tracking.TAG_DVC_EXP: exp}
+        dvc_args = [*dvc_args, *(a for kv in sets for a in ("-S", kv))]
+    else:
+        name = args.name or f"pipeline-{params.profile}"
+    dvc = [sys.executable, "-m", "dvc", *(["exp", "run"] if args.exp else ["repro"]), *dvc_args]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    with tracking.pipeline_run(params, name=args.name or f"pipeline-{params.profile}"):
-        env[tracking.PARENT_ENV] = os.environ[tracking.PARENT_ENV]
+    with tracking.pipeline_run(params, name=tracking.parent_label(params, name), tags=tags) as parent_id:
+        env[tracking.PARENT_ENV] = parent_id
+        print(f"$ {' '.join(['dvc', *dvc[3:]])}", flush=True)
         rc = subprocess.call(dvc, env=env)
         if rc:  # leaves the parent run FAILED
             raise SystemExit(rc)
+        if args.exp and not params.eval.gate.promote_in_experiments:
+            print("alignflow: an experiment does not move `champion` (eval.gate.promote_in_experiments: false); "
+                  "`dvc exp apply` it and run `alignflow promote` to promote its candidate", flush=True)
+        else:
+            _promote_after_repro()
+    return 0
+
+
+def _promote_after_repro() -> None:
+    """Promote when this pipeline's eval is committed; say why not otherwise (e.g. a repro of
+    an earlier target left eval out of date), without failing the run."""
+    from alignflow.evaluation import promote
+
+    if not promote.GATE_FILE.exists():
+        return
+    if promote.eval_changes():
+        print("alignflow: eval is not up to date with dvc.lock; champion unchanged", flush=True)
+        return
+    try:
+        promote.promote()
+    except promote.PromotionError as err:
+        print(f"alignflow promote: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _cmd_promote(args: argparse.Namespace, rest: list[str]) -> int:
+    from alignflow import tracking
+    from alignflow.config import load_params
+    from alignflow.evaluation import promote
+
+    tracking.configure(load_params(args.params))
+    try:
+        promote.promote()
+    except promote.PromotionError as err:
+        print(f"alignflow promote: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_sync_deps(args: argparse.Namespace, rest: list[str]) -> int:
+    from alignflow.config import load_params
+    from alignflow.data import source_deps
+
+    changed = source_deps.sync(load_params(args.params), Path("dvc.yaml"))
+    print("dvc.yaml: the deps of collect now follow collect.sources" if changed else "dvc.yaml: collect deps up to date")
     return 0
 
 
@@ -74,11 +173,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-S", "--set", action="append", default=[])
     p.set_defaults(fn=_cmd_validate)
 
-    p = sub.add_parser("repro", help="dvc repro under one MLflow parent run; extra args go to dvc")
+    p = sub.add_parser("repro", help="dvc repro under one MLflow parent run, then promote; extra args go to dvc")
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--name", default=None, help="parent run name")
-    p.add_argument("--exp", action="store_true", help="use `dvc exp run` (pass -S key=value after --)")
+    p.add_argument("--name", default=None, help="parent run name (with --exp: also the DVC experiment's name)")
+    p.add_argument("--exp", action="store_true", help="use `dvc exp run` (an experiment; -S key=value overrides)")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --exp: override a param in the experiment (as dvc exp run -S)")
     p.set_defaults(fn=_cmd_repro)
+
+    p = sub.add_parser("promote", help="move `champion` to the candidate eval passed, once DVC committed eval")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(fn=_cmd_promote)
+
+    p = sub.add_parser("sync-deps", help="make the deps of collect in dvc.yaml follow collect.sources")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(fn=_cmd_sync_deps)
 
     p = sub.add_parser("smoke", help="the whole DAG on a tiny model and tiny data, in a scratch workspace")
     p.add_argument("--workdir", default=".smoke")

@@ -3,10 +3,15 @@
 `make smoke` runs the whole DAG in `.smoke/` on the tiny profile (profiles/smoke.yaml over
 params.yaml); the integration tests build the same kind of workspace in a temp dir, so what
 they exercise is exactly `dvc repro` on the project's own dvc.yaml.
+
+A smoke run tracks into the project's own store (its mlflow.db, unless MLFLOW_TRACKING_URI or
+tracking.tracking_uri says otherwise): one store per checkout, so `make ui` and `alignflow chat`
+run from the project root find what `make smoke` just made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -77,6 +82,7 @@ def make_workspace(dest: Path, profile: str | None = "smoke", overrides: dict | 
             shutil.copy2(root / rel, target)
     params = merged_params(root, profile, overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    _sync_collect_deps(dest)
     if not (dest / ".git").exists():
         _git(dest, "init", "-q")
     _git(dest, "add", "-A")
@@ -87,10 +93,32 @@ def make_workspace(dest: Path, profile: str | None = "smoke", overrides: dict | 
     return dest
 
 
+def _sync_collect_deps(dest: Path) -> None:
+    from alignflow.config import load_params
+    from alignflow.data import source_deps
+
+    source_deps.sync(load_params(dest / "params.yaml"), dest / "dvc.yaml")
+
+
+def project_store(root: Path) -> str:
+    """The project's tracking store: MLFLOW_TRACKING_URI, tracking.tracking_uri, else its mlflow.db."""
+    from alignflow import tracking
+    from alignflow.config import load_params
+
+    with contextlib.chdir(root):
+        return tracking.tracking_uri(load_params(root / "params.yaml"))
+
+
 def run_smoke(workdir: Path, stages: str | None = None, fresh: bool = False) -> int:
-    dest = make_workspace(workdir, "smoke", fresh=fresh)
+    root = project_root()
+    store = project_store(root)
+    dest = make_workspace(workdir, "smoke", overrides={"tracking.tracking_uri": store}, root=root, fresh=fresh)
     cmd = [sys.executable, "-m", "alignflow.cli", "repro", "--name", "smoke"]
     if stages:
         cmd.append(stages)
-    print(f"smoke workspace: {dest}\n$ {' '.join(cmd)}", flush=True)
-    return subprocess.call(cmd, cwd=dest)
+    print(f"smoke workspace: {dest}\ntracking: {store}\n$ {' '.join(cmd)}", flush=True)
+    rc = subprocess.call(cmd, cwd=dest)
+    if rc == 0:
+        print("smoke: done. Browse the runs with `make ui`; chat with the smoke champion with "
+              "`alignflow chat --model champion` (from the project root)", flush=True)
+    return rc

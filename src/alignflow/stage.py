@@ -56,7 +56,7 @@ def setup_logging() -> None:
     )
 
 
-def run_stage(stage: str, fn: StageFn, params: Params, system_metrics: bool = False) -> dict[str, Any]:
+def run_stage(stage: str, fn: StageFn, params: Params, system_metrics: bool | None = None) -> dict[str, Any]:
     from alignflow import tracking
 
     seed_everything(params.seed)
@@ -70,7 +70,7 @@ def run_stage(stage: str, fn: StageFn, params: Params, system_metrics: bool = Fa
     return metrics
 
 
-def stage_main(stage: str, fn: StageFn, argv: list[str] | None = None, system_metrics: bool = False) -> None:
+def stage_main(stage: str, fn: StageFn, argv: list[str] | None = None, system_metrics: bool | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"alignflow run {stage}", description=f"Run the {stage} stage.")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")

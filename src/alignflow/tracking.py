@@ -1,11 +1,16 @@
 """The MLflow facade: one parent run per pipeline run, one child run per stage.
 
-Who creates the parent:
-- `alignflow repro` (what `make run` calls) and the Airflow DAG start it and pass its id to
-  every stage in ALIGNFLOW_PARENT_RUN_ID;
-- under `dvc exp run` (no such variable) the first stage creates it, tagged with DVC's
-  experiment name, and the later stages find it by that tag;
+Who creates the parent, and who closes it:
+- `alignflow repro` (what `make run` calls) and the Airflow DAG start it, pass its id to every
+  stage in ALIGNFLOW_PARENT_RUN_ID and close it FINISHED or FAILED when the pipeline ends;
+- under a plain `dvc exp run` (no such variable) the first stage creates it, tagged with DVC's
+  experiment name, the later stages find it by that tag, and each stage closes it again when it
+  ends (FINISHED, or FAILED when the stage raised): no parent stays RUNNING after DVC exits;
 - a stage run on its own (`python -m components.clean`) gets a top-level run.
+
+The parent is what people compare in the MLflow UI, so it carries a short headline (the
+params that define the recipe, PARENT_METRICS, datasets, the eval report); everything else
+is on the stage runs, named `<stage> · <method>` so chart legends tell them apart.
 
 Everything else in the project talks to MLflow through this module, so the tracking URI,
 run naming, tags and registry conventions (ARCHITECTURE.md §6) live in one place.
@@ -19,6 +24,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +39,27 @@ TAG_PIPELINE = "alignflow.pipeline"
 TAG_DVC_EXP = "alignflow.dvc_exp"
 # The sections every stage's run records besides its own.
 COMMON_SECTIONS = ("profile", "seed", "model", "ray")
+TAG_PARENT_OWNER = "alignflow.parent_owner"  # "stages": opened and closed by the stages (plain dvc exp run)
 REGISTERED_NAMES = {"sft": "alignflow-sft", "reward": "alignflow-reward", "align": "alignflow-policy"}
+
+# What the parent run shows, per stage: the numbers that answer "which run aligned better?".
+PARENT_METRICS = {
+    "sft": ("eval_loss",),
+    "reward": ("eval_accuracy",),
+    "eval": tuple(
+        [f"winrate_judge_vs_{b}{s}" for b in ("sft", "champion") for s in ("", "_ci_low", "_ci_high")]
+        + ["winrate_rm_vs_sft", "kl_vs_sft", "rm_accuracy_heldout", "policy_implicit_accuracy",
+           "refusal_rate_harmful", "overrefusal_rate_benign", "length_ratio_vs_sft", "gate_passed"]
+    ),
+}
+# The params that define a recipe, shown on the parent (plus the chosen method's own section).
+PARENT_PARAMS = (
+    "profile", "seed", "model.base", "sft.peft", "sft.max_steps", "sft.learning_rate", "sample.k",
+    "rank.judge", "reward.max_steps", "align.method", "align.learning_rate", "align.max_steps",
+    "align.batch_size", "eval.judge", "eval.max_prompts",
+)
+# Sampled often enough that a stage of 30 s draws a curve (MLflow's default is every 10 s).
+SYSTEM_METRICS_INTERVAL_S = 2
 
 
 def _mlflow():
@@ -50,12 +76,61 @@ def tracking_uri(params: Params | None = None) -> str:
     return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment of a local sqlite store keeps its artifacts: beside the database
+    (MLflow's default is ./mlruns of whatever the working directory was, e.g. a scratch
+    workspace that is later deleted)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
 def configure(params: Params) -> str:
     mlflow = _mlflow()
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(params.tracking.experiment)
+    name = params.tracking.experiment
+    client = mlflow.MlflowClient()
+    if client.get_experiment_by_name(name) is None:
+        try:
+            client.create_experiment(name, artifact_location=artifact_root(uri))
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by another stage/process
+    mlflow.set_experiment(name)
     return uri
+
+
+def stage_label(stage: str, params: Params) -> str:
+    """`<stage> · <method>`: what distinguishes this stage's run from the same stage of another
+    pipeline run (MLflow chart legends and tables show run names)."""
+    method = {
+        "sft": params.sft.peft, "reward": params.reward.peft, "rank": "+".join(params.rank.judge),
+        "sample": f"k{params.sample.k}", "align": params.align.method, "eval": params.align.method,
+    }.get(stage, params.profile)
+    return f"{stage} · {method}"
+
+
+def parent_label(params: Params, name: str | None = None) -> str:
+    """`<name> · <align.method>`: a parent run is named after its DVC experiment (or pipeline)."""
+    return f"{name or 'pipeline-' + params.profile} · {params.align.method}"
+
+
+def parent_params(params: Params) -> dict[str, Any]:
+    """The recipe as the stages read it (after -S): PARENT_PARAMS and the method's own section."""
+    flat = flatten(params.model_dump(mode="json"))
+    method = params.align.method
+    keep = {k: flat[k] for k in PARENT_PARAMS if k in flat}
+    keep.update({k: v for k, v in flat.items() if k.startswith(f"align.{method}.")})
+    return keep
+
+
+def headline_metrics(stage: str, metrics: dict[str, Any]) -> dict[str, float]:
+    """The parent's `<stage>.<metric>` keys from a stage's final metrics (see PARENT_METRICS)."""
+    flat = flatten(metrics)
+    return {
+        f"{stage}.{k}": float(flat[k]) for k in PARENT_METRICS.get(stage, ())
+        if isinstance(flat.get(k), (int, float)) and not isinstance(flat.get(k), bool)
+    }
 
 
 def git_commit(cwd: str | os.PathLike = ".") -> str | None:
@@ -98,7 +173,25 @@ def _log_params(params: dict[str, Any]) -> None:
         mlflow.log_params(dict(items[i : i + 90]))
 
 
+def _log_parent_params(client, run_id: str, params: Params) -> None:
+    items = [_mlflow().entities.Param(k, _param_value(v)) for k, v in parent_params(params).items()]
+    for i in range(0, len(items), 90):
+        client.log_batch(run_id, params=items[i : i + 90])
+    # The whole effective params.yaml, for what the headline leaves out.
+    import yaml
+
+    client.log_text(run_id, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
+                    "params.yaml")
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:5000]  # MLflow caps a param value at 6000 chars
+
+
 def _find_or_create_dvc_exp_parent(params: Params, exp_name: str) -> str:
+    """The parent of a plain `dvc exp run`: found by DVC's experiment name, else created by the
+    first stage that runs (which logs the recipe: params.yaml already holds the -S values)."""
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(params.tracking.experiment)
@@ -111,9 +204,11 @@ def _find_or_create_dvc_exp_parent(params: Params, exp_name: str) -> str:
         return runs[0].info.run_id
     run = client.create_run(
         experiment.experiment_id,
-        run_name=f"pipeline-{exp_name}",
-        tags={TAG_PIPELINE: "parent", TAG_DVC_EXP: exp_name, "mlflow.source.git.commit": git_commit() or ""},
+        run_name=parent_label(params, exp_name),
+        tags={TAG_PIPELINE: "parent", TAG_DVC_EXP: exp_name, TAG_PARENT_OWNER: "stages",
+              "mlflow.source.git.commit": git_commit() or ""},
     )
+    _log_parent_params(client, run.info.run_id, params)
     return run.info.run_id
 
 
@@ -125,8 +220,12 @@ def parent_run_id(params: Params) -> str | None:
     return None
 
 
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 class StageRun:
-    """The handle a stage gets: log metrics (also rolled up to the parent), files, models."""
+    """The handle a stage gets: log metrics (the headline also on the parent), files, datasets."""
 
     def __init__(self, run, stage: str, parent_id: str | None):
         self.run = run
@@ -138,40 +237,113 @@ class StageRun:
         return self.run.info.run_id
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        numeric = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric = _numeric(metrics)
         if numeric:
             _mlflow().log_metrics(numeric, step=step)
 
     def log_summary(self, metrics: dict[str, Any]) -> None:
-        """Final metrics: on this run and, prefixed with the stage name, on the parent."""
+        """Final metrics on this run; the headline ones (PARENT_METRICS), prefixed with the stage
+        name, and the pipeline's running wall time on the parent."""
         self.log_metrics(metrics)
-        if self.parent_id:
-            client = _mlflow().MlflowClient()
-            numeric = {
-                f"{self.stage}.{k}": float(v)
-                for k, v in flatten(metrics).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
-            for key, value in numeric.items():
-                client.log_metric(self.parent_id, key, value)
+        if not self.parent_id:
+            return
+        client = _mlflow().MlflowClient()
+        headline = headline_metrics(self.stage, metrics)
+        if isinstance(metrics.get("wall_time_s"), (int, float)):
+            previous = client.get_run(self.parent_id).data.metrics.get("wall_time_s", 0.0)
+            headline["wall_time_s"] = round(previous + float(metrics["wall_time_s"]), 2)
+        if headline:
+            client.log_batch(self.parent_id, metrics=[
+                _mlflow().entities.Metric(k, v, int(time.time() * 1000), 0) for k, v in headline.items()])
 
-    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None, parent: bool = False) -> None:
+        """A file or directory on this run (and on the parent when `parent`)."""
         path = Path(path)
-        if path.is_dir():
-            _mlflow().log_artifacts(str(path), artifact_path=artifact_path)
-        elif path.exists():
-            _mlflow().log_artifact(str(path), artifact_path=artifact_path)
+        if not path.exists():
+            return
+        targets = [None, self.parent_id] if parent and self.parent_id else [None]
+        for run_id in targets:
+            client = _mlflow().MlflowClient()
+            if run_id is None:
+                (_mlflow().log_artifacts if path.is_dir() else _mlflow().log_artifact)(str(path), artifact_path=artifact_path)
+            elif path.is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path=artifact_path)
+            else:
+                client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+    def log_dataset(self, path: str | os.PathLike, context: str, name: str | None = None) -> None:
+        """A JSONL/JSON data file as an MLflow dataset input of this run and of the parent, with
+        DVC's hash of the file (md5 of its bytes) as the digest: the same data, the same digest
+        in both tools. A missing or unreadable file is skipped (logging must not fail a stage)."""
+        try:
+            dataset = jsonl_dataset(Path(path), name)
+        except (OSError, ValueError) as err:
+            log.warning("dataset %s not logged: %s", path, err)
+            return
+        mlflow = _mlflow()
+        mlflow.log_input(dataset, context=context)
+        if self.parent_id:
+            from mlflow.entities import DatasetInput, InputTag
+
+            entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+            mlflow.MlflowClient().log_inputs(self.parent_id, datasets=[entity])
+
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str, parent: bool = False) -> None:
+        """Rows as an MLflow table (the UI's evaluation/artifact view compares them across runs)."""
+        if not rows:
+            return
+        import pandas as pd
+
+        frame = pd.DataFrame(rows)
+        _mlflow().log_table(frame, artifact_file=artifact_file)
+        if parent and self.parent_id:
+            _mlflow().MlflowClient().log_table(self.parent_id, frame, artifact_file=artifact_file)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         _mlflow().set_tags({k: str(v) for k, v in tags.items()})
 
 
+def file_md5(path: Path) -> str:
+    """DVC 3's hash of a file: the md5 of its bytes."""
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def jsonl_dataset(path: Path, name: str | None = None):
+    """An mlflow.data dataset of a JSON Lines file (nested values as JSON strings)."""
+    import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
+
+    from alignflow.io import read_jsonl
+
+    rows = [{k: (v if isinstance(v, (str, int, float, bool, type(None))) else json.dumps(v, ensure_ascii=False))
+             for k, v in rec.items()} for rec in read_jsonl(path) if isinstance(rec, dict)]
+    return from_pandas(pd.DataFrame(rows), source=str(path), name=name or path.stem, digest=file_md5(path))
+
+
+def _set_parent_status(client, parent_id: str, status: str) -> None:
+    """Open/close a stage-owned parent (plain `dvc exp run`): RUNNING while a stage runs, then
+    FINISHED/FAILED, so it never stays RUNNING after DVC exits, whichever stage was last."""
+    if status == "RUNNING":
+        client.update_run(parent_id, status="RUNNING")
+    else:
+        client.set_terminated(parent_id, status=status)
+
+
 @contextlib.contextmanager
-def stage_run(params: Params, stage: str, system_metrics: bool = False) -> Iterator[StageRun]:
-    """Start the stage's child run (params, git/DVC tags); end it FAILED if the stage raises."""
+def stage_run(params: Params, stage: str, system_metrics: bool | None = None) -> Iterator[StageRun]:
+    """Start the stage's child run (params, git/DVC tags); end it FAILED if the stage raises.
+
+    System metrics (CPU, memory, GPU) are sampled every SYSTEM_METRICS_INTERVAL_S unless
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false (or `system_metrics=False`)."""
     mlflow = _mlflow()
     configure(params)
     parent = parent_run_id(params)
+    client = mlflow.MlflowClient()
+    owned = bool(parent) and client.get_run(parent).data.tags.get(TAG_PARENT_OWNER) == "stages"
     tags = {TAG_STAGE: stage, TAG_PIPELINE: "stage"}
     if parent:
         tags["mlflow.parentRunId"] = parent
@@ -181,9 +353,22 @@ def stage_run(params: Params, stage: str, system_metrics: bool = False) -> Itera
     lock_hash = dvc_stage_hashes().get(stage)
     if lock_hash:
         tags["dvc.lock.previous"] = lock_hash
-    with mlflow.start_run(run_name=stage, tags=tags, log_system_metrics=system_metrics) as run:
-        _log_params(stage_params(params, stage))
-        yield StageRun(run, stage, parent)
+    if system_metrics is None:
+        system_metrics = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() not in ("false", "0")
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+        mlflow.set_system_metrics_samples_before_logging(1)
+    if owned:
+        _set_parent_status(client, parent, "RUNNING")
+    status = "FAILED"
+    try:
+        with mlflow.start_run(run_name=stage_label(stage, params), tags=tags, log_system_metrics=system_metrics) as run:
+            _log_params(stage_params(params, stage))
+            yield StageRun(run, stage, parent)
+        status = "FINISHED"
+    finally:
+        if owned:
+            _set_parent_status(client, parent, status)
 
 
 def start_pipeline_run(params: Params, name: str = "pipeline", tags: dict[str, str] | None = None) -> str:
@@ -197,10 +382,7 @@ def start_pipeline_run(params: Params, name: str = "pipeline", tags: dict[str, s
     if commit:
         all_tags["mlflow.source.git.commit"] = commit
     run = client.create_run(experiment.experiment_id, run_name=name, tags=all_tags)
-    flat = flatten(params.model_dump(mode="json"))
-    items = [mlflow.entities.Param(k, str(v)[:5000]) for k, v in flat.items()]
-    for i in range(0, len(items), 90):
-        client.log_batch(run.info.run_id, params=items[i : i + 90])
+    _log_parent_params(client, run.info.run_id, params)
     return run.info.run_id
 
 

@@ -91,24 +91,30 @@ def _register_version(mlflow, tmp_path, tag: str) -> str:
     return version
 
 
-def test_apply_moves_champion_only_on_pass(tracking_env, tmp_path, capsys):
+def test_record_writes_the_decision_and_leaves_the_registry_alone(tracking_env, tmp_path, capsys):
+    """Eval only records the verdict; `alignflow promote` moves champion (test_promote.py)."""
     import mlflow
 
     mlflow.set_experiment("gate-test")
     client = mlflow.MlflowClient()
+
+    def champion():
+        try:
+            return client.get_model_version_by_alias(G.POLICY_MODEL, "champion").version
+        except mlflow.exceptions.MlflowException:
+            return None
+
+    before = champion()
     v1 = _register_version(mlflow, tmp_path, "v1")
     passed = G.decide(good(), GATE, "sft")
-    rec = G.apply_decision(passed, v1, out_path=tmp_path / "gate.json")
-    assert client.get_model_version_by_alias(G.POLICY_MODEL, "champion").version == v1
-    assert client.get_model_version(G.POLICY_MODEL, v1).tags["alignflow.gate"] == "passed"
-    assert rec["promoted"] and json.loads((tmp_path / "gate.json").read_text())["passed"] is True
+    rec = G.record_decision(passed, v1, out_path=tmp_path / "gate.json", champion_at_eval=None)
+    on_disk = json.loads((tmp_path / "gate.json").read_text())
+    assert rec["promotable"] and on_disk["passed"] is True and on_disk["candidate_version"] == v1
+    assert on_disk["champion_at_eval"] is None
+    assert champion() == before  # eval does not move it
     assert "PASSED" in capsys.readouterr().out
 
-    v2 = _register_version(mlflow, tmp_path, "v2")
     failed = G.decide(good("champion", winrate_judge_vs_champion=0.3), GATE, "champion")
-    rec = G.apply_decision(failed, v2)
-    assert not rec["promoted"]
-    assert client.get_model_version_by_alias(G.POLICY_MODEL, "champion").version == v1  # unchanged
-    assert client.get_model_version_by_alias(G.POLICY_MODEL, "candidate").version == v2
-    assert client.get_model_version(G.POLICY_MODEL, v2).tags["alignflow.gate"] == "failed"
+    rec = G.record_decision(failed, v1)
+    assert not rec["promotable"]
     assert "FAILED" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 
 DAG_FILE = ROOT / "dags" / "alignflow_retrain.py"
 TRAINING = {"sft", "reward", "align"}
-COMMAND_TASKS = {"dvc_pull", "dvc_push", *STAGES}
+COMMAND_TASKS = {"dvc_pull", "dvc_push", "promote", *STAGES}
 
 
 def load_dag(project: Path = ROOT):
@@ -93,7 +93,10 @@ def test_dag_structure_equals_dvc_yaml():
         assert upstream == (set(pipeline.upstream[stage]) or {"dvc_pull"}), stage
         assert dag.get_task(stage).bash_command.endswith(f"dvc repro --single-item {stage}")
     assert dag.get_task("dvc_pull").upstream_task_ids == {"start_run"}
-    assert dag.get_task("dvc_push").upstream_task_ids == set(pipeline.leaves())
+    # champion moves only after eval's `dvc repro` committed its outputs, before the push
+    assert dag.get_task("promote").upstream_task_ids == set(pipeline.leaves()) == {"eval"}
+    assert dag.get_task("promote").bash_command.rstrip().endswith("python -m alignflow.cli promote")
+    assert dag.get_task("dvc_push").upstream_task_ids == {"promote"}
     finish = dag.get_task("finish_run")
     assert finish.is_teardown and dag.get_task("start_run").is_setup
     assert finish.upstream_task_ids == {"dvc_push", "start_run"}

@@ -19,6 +19,9 @@ class GateParams(Section):
     # Largest allowed drop of the refusal rate on harmful prompts, and rise of the
     # over-refusal rate on benign prompts, vs the baseline (absolute, in [0, 1]).
     max_safety_regression: float = Field(0.1, ge=0.0, le=1.0)
+    # `alignflow repro --exp` (a sweep) moves `champion` only when this is true; plain
+    # `dvc exp run` never does (run `alignflow promote` in the workspace to promote its result).
+    promote_in_experiments: bool = False
 
 
 class EvalParams(Section):

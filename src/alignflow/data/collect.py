@@ -50,10 +50,23 @@ def source_manifest(src: SourceParams, counts: dict[str, Any]) -> dict[str, Any]
     }
 
 
+def _check_dvc_deps(params: Params, dvc_yaml: Path = Path("dvc.yaml")) -> None:
+    """Under DVC, every source must be a dep of collect, or new data would go unnoticed."""
+    from alignflow.data import source_deps
+
+    if not dvc_yaml.exists():
+        return
+    problems = source_deps.check(params, dvc_yaml)
+    if problems:
+        raise InputError(f"{dvc_yaml}: stage collect does not follow collect.sources ({'; '.join(problems)}): "
+                         "run `alignflow sync-deps` (alignflow repro and the Airflow DAG do it for you)")
+
+
 def run(params: Params, tracker) -> dict[str, Any]:
     sources = params.collect.sources
     if not sources:
         raise InputError("collect.sources is empty: list at least one {path|hf, format} entry in params.yaml")
+    _check_dvc_deps(params)
     rejects = RejectWriter("collect")
     out: dict[str, list[dict]] = {k: [] for k in KINDS}
     manifest = []

@@ -171,6 +171,11 @@ def _load_champion(params: Params, candidate_version: str | None, tmp: Path):
     if candidate_version is not None and mv.version == candidate_version:
         log.info("the candidate (v%s) is already the champion", mv.version)
         return None
+    champion_profile = mv.tags.get(registry.PROFILE_TAG)
+    if champion_profile and champion_profile != params.profile:
+        log.info("champion v%s was trained by the %r profile, not %r: the candidate is compared with SFT",
+                 mv.version, champion_profile, params.profile)
+        return None
     try:
         return mv.version, registry.download_version(mv.version, tmp / f"champion-v{mv.version}")
     except Exception as err:  # a broken champion must not block evaluating the candidate
@@ -299,12 +304,15 @@ def run(params: Params, tracker) -> dict[str, Any]:
     inputs = load_inputs(ep)
     metrics: dict[str, Any] = {"n_prompts": len(inputs.records), "n_harmful_prompts": len(inputs.harmful_records),
                                "n_pairs": len(inputs.pairs)}
-    candidate_version = None
+    candidate_version = champion_at_eval = None
     if params.tracking.register_models:
         from alignflow.evaluation import registry
 
-        candidate_version = registry.ensure_candidate(POLICY_DIR, tracker)
+        champion = registry.get_alias(gate_mod.CHAMPION)
+        champion_at_eval = champion.version if champion else None
+        candidate_version = registry.ensure_candidate(POLICY_DIR, tracker, profile=params.profile)
         metrics["candidate_version"] = int(candidate_version)
+    _log_datasets(tracker, ep)
 
     notes: list[str] = []
     gens = generate_models(params, inputs, candidate_version, metrics, notes)
@@ -318,11 +326,18 @@ def run(params: Params, tracker) -> dict[str, Any]:
     metrics.update(gate_mod.gate_metrics(decision))
     report.write_winrates_csv(winrates)
     report.write_rewards_csv([(g.name, n, r) for g in gens.values() for n, r in zip(g.lengths, g.rewards)])
+    report.write_headline(metrics)  # metrics/headline.json: the DVC metrics (`dvc exp show`)
+    baseline_version = str(metrics["champion_version"]) if "champion" in gens else None
+    rows = _generation_rows(inputs.records, inputs.harmful_records, gens)
     with atomic_dir(REPORTS_DIR) as out:
-        gate_record = gate_mod.apply_decision(decision, candidate_version, out_path=out / "gate.json", tracker=tracker)
+        gate_record = gate_mod.record_decision(decision, candidate_version, baseline_version,
+                                               out_path=out / "gate.json", tracker=tracker, profile=params.profile,
+                                               champion_at_eval=champion_at_eval)
         _write_report(out, metrics, gens, inputs.records, winrates, cis, gate_record, notes, ep)
-        write_jsonl(out / "generations.jsonl", _generation_rows(inputs.records, inputs.harmful_records, gens))
+        write_jsonl(out / "generations.jsonl", rows)
     tracker.log_artifact(REPORTS_DIR, artifact_path="eval")
+    tracker.log_artifact(REPORTS_DIR / "eval.html", artifact_path="eval", parent=True)
+    tracker.log_table(generation_table(rows), "eval/generations.json", parent=True)
     tracker.log_artifact(report.WINRATES_CSV, artifact_path="eval/plots")
     tracker.log_artifact(report.REWARDS_CSV, artifact_path="eval/plots")
     return {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
@@ -470,6 +485,30 @@ def _generation_rows(records, harmful_recs, gens: dict[str, Generated]) -> list[
         rows.append({"prompt_id": rec.get("id"), "split": "harmful", "prompt": rec["prompt"],
                      "responses": {n: g.harmful[i] for n, g in gens.items()}})
     return rows
+
+
+def generation_table(rows: list[dict]) -> list[dict]:
+    """One row per (prompt, model): the MLflow table the UI compares across runs."""
+    table = []
+    for row in rows:
+        for model, response in row["responses"].items():
+            table.append({
+                "prompt_id": row["prompt_id"], "split": row["split"], "model": model,
+                "prompt": _prompt_text(row["prompt"]), "response": response,
+                "judge_score": (row.get("judge_scores") or {}).get(model),
+                "reward": (row.get("rewards") or {}).get(model),
+                "finished": (row.get("finished") or {}).get(model),
+            })
+    return table
+
+
+def _log_datasets(tracker, ep) -> None:
+    """The held-out data eval reads, as MLflow dataset inputs (with DVC's file hash)."""
+    if not hasattr(tracker, "log_dataset"):
+        return
+    for path in (Path(ep.benign_prompts), HARMFUL_TEST, PREFS_TEST):
+        if path.exists():
+            tracker.log_dataset(path, context="eval")
 
 
 def _prompt_text(messages: list[dict]) -> str:

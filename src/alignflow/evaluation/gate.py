@@ -1,8 +1,10 @@
 """The promotion gate: does the candidate policy replace the registry's `champion`?
 
-`decide` is pure (metrics + gate params → decision with reasons); `apply_decision` moves the
-MLflow registry aliases of `alignflow-policy` and records why. A failed gate is a result, not an
-error: the stage still succeeds and the DAG goes on; the decision is logged, tagged and printed.
+`decide` is pure (metrics + gate params → decision with reasons); `record_decision` writes it
+into eval's outputs (reports/gate.json), its MLflow run and stdout. Eval never moves the
+`champion` alias itself: `alignflow promote` (evaluation/promote.py) does, once DVC has
+committed eval's outputs, so a kill between the gate and the commit cannot leave a champion
+without a record of why. A failed gate is a result, not an error: the stage still succeeds.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class GateDecision:
         return asdict(self)
 
     def summary(self) -> str:
-        verdict = "PASSED: candidate promoted to champion" if self.passed else "FAILED: champion unchanged"
+        verdict = "PASSED: the candidate is to become champion" if self.passed else "FAILED: champion unchanged"
         return "\n".join([f"promotion gate {verdict} (baseline: {self.baseline})", *(f"  - {r}" for r in self.reasons)])
 
 
@@ -104,31 +106,24 @@ def gate_metrics(decision: GateDecision) -> dict[str, Any]:
     return {"gate_passed": int(decision.passed), "gate_vs_champion": int(decision.baseline == "champion")}
 
 
-def apply_decision(
+def record_decision(
     decision: GateDecision,
     candidate_version: str | None,
+    baseline_version: str | None = None,
     out_path: str | Path | None = None,
     tracker: Any = None,
+    profile: str | None = None,
+    champion_at_eval: str | None = None,
 ) -> dict[str, Any]:
-    """Record the decision; when it passed (and the candidate is registered) move `champion`.
+    """The decision as eval records it: the JSON `out_path` (reports/gate.json, read by
+    `alignflow promote`), tags on the eval run, a summary on stdout. No registry change.
 
-    - `candidate` already points at `candidate_version` (set by whoever registered it);
-    - on pass, `champion` → `candidate_version`; the version gets `alignflow.gate=passed|failed`;
-    - the decision goes to the eval run as tags, to `out_path` (JSON; the caller logs it), and stdout.
-    Returns the JSON-able record that was written.
-    """
+    `baseline_version` is the champion the candidate was compared with (None: SFT);
+    `champion_at_eval` the champion when eval started: promote refuses to act if it moved since."""
     record = {**decision.to_dict(), "model": POLICY_MODEL, "candidate_version": candidate_version,
-              "promoted": bool(decision.passed and candidate_version)}
-    if candidate_version is not None:
-        import mlflow
-
-        client = mlflow.MlflowClient()
-        client.set_model_version_tag(POLICY_MODEL, candidate_version, "alignflow.gate",
-                                     "passed" if decision.passed else "failed")
-        client.set_model_version_tag(POLICY_MODEL, candidate_version, "alignflow.gate_reasons",
-                                     "; ".join(decision.reasons)[:4900])
-        if decision.passed:
-            client.set_registered_model_alias(POLICY_MODEL, CHAMPION, candidate_version)
+              "baseline_version": baseline_version, "champion_at_eval": champion_at_eval, "profile": profile,
+              "eval_run_id": getattr(tracker, "run_id", None), "parent_run_id": getattr(tracker, "parent_id", None),
+              "promotable": bool(decision.passed and candidate_version)}
     if out_path is not None:
         from alignflow.io import write_json
 
@@ -140,7 +135,12 @@ def apply_decision(
             "gate.candidate_version": candidate_version or "",
             "gate.reasons": "; ".join(decision.reasons)[:4900],
         })
-    print(decision.summary() + (f"\n  (alignflow-policy v{candidate_version})" if candidate_version else
-                                "\n  (candidate not registered: registry unchanged)"), flush=True)
+    if candidate_version is None:
+        tail = "\n  (candidate not registered: the registry will not change)"
+    elif decision.passed:
+        tail = f"\n  ({POLICY_MODEL} v{candidate_version} becomes champion once eval's outputs are committed)"
+    else:
+        tail = f"\n  ({POLICY_MODEL} v{candidate_version})"
+    print(decision.summary() + tail, flush=True)
     log.info("gate decision: %s", json.dumps(record, default=str)[:2000])
     return record

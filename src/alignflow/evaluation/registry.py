@@ -24,6 +24,7 @@ from alignflow.models import META_FILE
 log = logging.getLogger(__name__)
 
 DIGEST_TAG = "alignflow.content_digest"
+PROFILE_TAG = "alignflow.profile"  # the params profile that trained it (smoke models never judge real ones)
 
 
 def policy_digest(model_dir: str | os.PathLike) -> str:
@@ -127,18 +128,19 @@ def download_version(version: str, dst: str | os.PathLike | None = None, name: s
     return model_dir
 
 
-def register_candidate(model_dir: str | os.PathLike, tracker, digest: str | None = None) -> str:
+def register_candidate(model_dir: str | os.PathLike, tracker, digest: str | None = None,
+                       profile: str | None = None) -> str:
     """Log `model_dir` to the eval run and register it as a new version with alias `candidate`."""
     from alignflow import tracking
 
     digest = digest or policy_digest(model_dir)
     tracker.log_artifact(model_dir, artifact_path="policy")
-    mv = tracking.register_artifacts(tracker.run_id, "policy", "align", aliases=(CANDIDATE,),
-                                     tags={DIGEST_TAG: digest, "alignflow.registered_by": "eval"})
+    tags = {DIGEST_TAG: digest, "alignflow.registered_by": "eval", **({PROFILE_TAG: profile} if profile else {})}
+    mv = tracking.register_artifacts(tracker.run_id, "policy", "align", aliases=(CANDIDATE,), tags=tags)
     return str(mv.version)
 
 
-def ensure_candidate(model_dir: str | os.PathLike, tracker) -> str:
+def ensure_candidate(model_dir: str | os.PathLike, tracker, profile: str | None = None) -> str:
     """The registry version of the policy under evaluation, registering it when needed.
 
     Reuses the `candidate` alias when its version carries this dir's content digest, or when it
@@ -153,9 +155,12 @@ def ensure_candidate(model_dir: str | os.PathLike, tracker) -> str:
             return current.version
         if current.run_id and tracker.parent_id and _parent_of(current.run_id) == tracker.parent_id:
             # Registered by this pipeline's align stage: stamp it with the digest for next time.
-            mlflow.MlflowClient().set_model_version_tag(POLICY_MODEL, current.version, DIGEST_TAG, digest)
+            client = mlflow.MlflowClient()
+            client.set_model_version_tag(POLICY_MODEL, current.version, DIGEST_TAG, digest)
+            if profile:
+                client.set_model_version_tag(POLICY_MODEL, current.version, PROFILE_TAG, profile)
             return current.version
-    return register_candidate(model_dir, tracker, digest)
+    return register_candidate(model_dir, tracker, digest, profile)
 
 
 def _parent_of(run_id: str) -> str | None:

@@ -28,6 +28,7 @@ WORKSPACE = "/workspace"  # where containers see the checkout
 START_TASK = "start_run"  # the task that creates the MLflow parent run (XCom: run_id, tracking_uri)
 PULL_TASK = "dvc_pull"
 PUSH_TASK = "dvc_push"
+PROMOTE_TASK = "promote"  # after eval: `alignflow promote` moves `champion` once dvc.lock has eval
 DVC_REMOTE_NAME = "alignflow"
 SKIP_EXIT_CODE = 99  # Airflow marks a task that exits with it as skipped (all three operators)
 
@@ -92,6 +93,10 @@ class OperatorFactory:
 
     def stage(self, stage: str, **kwargs):
         return self._operator(stage, stage_script(stage), gpus=self.orch.gpu_count(stage), **kwargs)
+
+    def promote(self, **kwargs):
+        """`alignflow promote` in the checkout, after eval's `dvc repro` committed its outputs."""
+        return self._operator(PROMOTE_TASK, "python -m alignflow.cli promote", gpus=0, **kwargs)
 
     def dvc_sync(self, action: str, **kwargs):
         task_id = PULL_TASK if action == "pull" else PUSH_TASK

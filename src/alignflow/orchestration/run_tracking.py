@@ -41,6 +41,16 @@ def resolve_tracking_uri(params: Params, checkout: Path) -> str:
     return uri
 
 
+def sync_collect_deps(params: Params, checkout: Path) -> None:
+    """collect's deps in the checkout's dvc.yaml follow collect.sources (see data/source_deps.py);
+    skipped when this worker does not see the checkout (the stage containers check it then)."""
+    from alignflow.data import source_deps
+
+    dvc_yaml = Path(checkout) / "dvc.yaml"
+    if dvc_yaml.exists() and source_deps.sync(params, dvc_yaml):
+        log.info("%s: the deps of collect now follow collect.sources", dvc_yaml)
+
+
 def _client(uri: str):
     from mlflow import MlflowClient
 
@@ -69,7 +79,8 @@ def start_parent_run(params: Params, checkout: Path, dag_id: str, dag_run_id: st
             return {"run_id": run_id, "tracking_uri": uri}
     tags = {TAG_DAG_ID: dag_id, TAG_DAG_RUN: dag_run_id, TAG_BACKEND: params.orchestration.backend}
     with _in_checkout(checkout), _env("MLFLOW_TRACKING_URI", uri):
-        run_id = tracking.start_pipeline_run(params, name=f"{dag_id}-{dag_run_id}", tags=tags)
+        run_id = tracking.start_pipeline_run(params, name=tracking.parent_label(params, f"{dag_id}-{dag_run_id}"),
+                                             tags=tags)
     log.info("MLflow parent run %s (%s) for DAG run %s", run_id, uri, dag_run_id)
     return {"run_id": run_id, "tracking_uri": uri}
 
