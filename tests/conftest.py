@@ -27,10 +27,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server (sqlite backend, local artifact store) on localhost."""
-    root = tmp_path_factory.mktemp("mlflow")
+def start_mlflow_server(root: Path):
+    """A real MLflow tracking server (sqlite backend, local artifact store) on localhost:
+    returns (process, uri) once /health answers."""
+    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
         str(Path(sys.executable).parent / "mlflow"), "server",
@@ -48,18 +48,27 @@ def mlflow_server(tmp_path_factory):
         try:
             with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
                 if resp.status == 200:
-                    break
+                    return proc, uri
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("mlflow server did not become healthy in 120 s")
-    yield uri
+    proc.kill()
+    raise RuntimeError("mlflow server did not become healthy in 120 s")
+
+
+def stop_server(proc) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One MLflow server for the session (tests that need an empty registry start their own)."""
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    yield uri
+    stop_server(proc)
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def test_pipeline_parent_and_stage_children(tracking_env, params, tmp_path, monk
     # Datasets as MLflow inputs with DVC's md5 as digest, on the stage and the parent; the table too.
     for run_id in (children[1].info.run_id, parent_id):
         [ds] = client.get_run(run_id).inputs.dataset_inputs
-        assert ds.dataset.name == "prompts_test"
+        assert ds.dataset.name == f"{tmp_path.name}/prompts_test"
         assert ds.dataset.digest == tracking.file_md5(tmp_path / "prompts_test.jsonl")
         assert "eval/generations.json" in [a.path for a in client.list_artifacts(run_id, "eval")]
 

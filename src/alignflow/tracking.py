@@ -321,7 +321,9 @@ def jsonl_dataset(path: Path, name: str | None = None):
 
     rows = [{k: (v if isinstance(v, (str, int, float, bool, type(None))) else json.dumps(v, ensure_ascii=False))
              for k, v in rec.items()} for rec in read_jsonl(path) if isinstance(rec, dict)]
-    return from_pandas(pd.DataFrame(rows), source=str(path), name=name or path.stem, digest=file_md5(path))
+    # "formatted/sft_train", "prefs/train": the stage dir keeps same-named splits apart
+    return from_pandas(pd.DataFrame(rows), source=str(path), name=name or f"{path.parent.name}/{path.stem}",
+                       digest=file_md5(path))
 
 
 def _set_parent_status(client, parent_id: str, status: str) -> None:

@@ -8,12 +8,25 @@ from alignflow.evaluation import report
 
 
 def test_csvs_have_the_dvc_plot_columns(tmp_path):
+    # A missing value is left out: DVC would draw an empty cell as a 0 bar / point.
     w = report.write_winrates_csv({"policy vs sft (judge)": 0.625, "policy vs base (rm)": math.nan}, tmp_path / "w.csv")
     rows = list(csv.DictReader(open(w)))
-    assert rows == [{"comparison": "policy vs sft (judge)", "winrate": "0.625"},
-                    {"comparison": "policy vs base (rm)", "winrate": ""}]
-    r = report.write_rewards_csv([("sft", 12, 0.5), ("policy", 30, -1.25)], tmp_path / "r.csv")
+    assert rows == [{"comparison": "policy vs sft (judge)", "winrate": "0.625"}]
+    r = report.write_rewards_csv([("sft", 12, 0.5), ("policy", 30, -1.25), ("base", 3, None)], tmp_path / "r.csv")
     assert list(csv.reader(open(r))) == [["model", "length", "reward"], ["sft", "12", "0.5"], ["policy", "30", "-1.25"]]
+
+
+def test_headline_is_the_dvc_metrics_subset_of_eval_json(tmp_path):
+    import json
+
+    metrics = {"gate_passed": 1, "winrate_judge_vs_sft": 0.5625, "winrate_judge_vs_sft_ci_low": 0.5,
+               "winrate_judge_vs_sft_ci_high": 0.6875, "winrate_rm_vs_sft": math.nan, "kl_vs_sft": 0.01,
+               "distinct_2": 0.9, "winrate_judge_vs_champion": 0.5, "n_prompts": 8}
+    headline = report.write_headline(metrics, tmp_path / "headline.json")
+    assert json.loads((tmp_path / "headline.json").read_text()) == headline == {
+        "gate_passed": 1, "winrate_judge_vs_sft": 0.5625, "winrate_judge_vs_sft_ci_low": 0.5,
+        "winrate_judge_vs_sft_ci_high": 0.6875, "kl_vs_sft": 0.01}
+    assert list(headline) == [k for k in report.HEADLINE_KEYS if k in headline]  # the declared order
 
 
 def test_figures_and_html_are_self_contained(tmp_path):

@@ -249,6 +249,9 @@ def test_other_methods_run_through_the_stage(method, tmp_path, monkeypatch, trac
     assert meta["method"] == method
     curve = read_curve(tmp_path / "plots/align_curve.csv")
     assert curve and curve[0]["reward"] != "" and curve[0]["response_length"] != ""
+    for column in ("reward", "kl"):  # what `dvc plots` draws: the steps that logged it, no empty cell
+        plotted = read_curve(tmp_path / f"plots/align_{column}.csv")
+        assert plotted and all(row[column] for row in plotted), (column, plotted)
     if method == "best_of_n":
         assert meta["kind"] == "best_of_n" and meta["n"] == 2 and metrics["kl_last"] == pytest.approx(0.1931, abs=1e-3)
     else:

@@ -32,7 +32,8 @@ def test_sft_then_reward_outputs_and_mlflow(project, tracking_env):
     assert saved["steps"] == 3 and saved["tokens_per_s"] > 0 and saved["eval_perplexity"] > 1
     assert saved["train_loss"] > 0 and saved["eval_loss"] > 0
     rows = list(csv.DictReader(open("plots/sft_loss.csv")))
-    assert [r["step"] for r in rows] == ["1", "2", "3"] and rows[-1]["eval_loss"]
+    assert [r["step"] for r in rows] == ["1", "2", "3"] and all(r["train_loss"] for r in rows)
+    assert list(csv.DictReader(open("plots/sft_eval.csv"))) == [{"step": "3", "eval_loss": f"{saved['eval_loss']:.6g}"}]
     meta = json.loads(Path("models/sft/alignflow_model.json").read_text())
     assert meta == {**meta, "kind": "causal_lm", "adapter": True, "base": "tiny:llama", "loss_on": "assistant"}
     policy, tok = load_causal_lm("models/sft", device="cpu")
@@ -50,7 +51,9 @@ def test_sft_then_reward_outputs_and_mlflow(project, tracking_env):
         first = rm(**batch).logits
         again = load_reward_model("models/reward", device="cpu")[0](**batch).logits
     assert first.shape == (1, 1) and torch.equal(first, again)
-    assert list(csv.DictReader(open("plots/reward_loss.csv")))[-1]["eval_accuracy"] != ""
+    assert [r["step"] for r in csv.DictReader(open("plots/reward_loss.csv"))] == ["1", "2", "3"]
+    evals = list(csv.DictReader(open("plots/reward_eval.csv")))
+    assert [r["step"] for r in evals] == ["3"] and evals[0]["eval_loss"] and evals[0]["eval_accuracy"]
 
     # --- MLflow: child runs with params, per-step curves, logged + registered models
     client = mlflow.MlflowClient(tracking_env)
@@ -132,3 +135,20 @@ def test_full_finetune_with_packing_saves_plain_weights(project):
     base, _ = load_causal_lm("tiny:llama", device="cpu")
     changed = [n for (n, a), (_, b) in zip(model.state_dict().items(), base.state_dict().items()) if not a.equal(b)]
     assert changed  # the full weights were trained, not an adapter
+
+
+def test_curves_never_have_an_empty_cell_to_draw(tmp_path):
+    """Train and eval series are logged at different steps: each goes to its own plot CSV (an
+    empty cell would be drawn as 0 by `dvc plots`); required=() keeps a wide table for people."""
+    from alignflow.training import common
+
+    history = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "eval_loss": 1.7, "eval_accuracy": 0.5},
+               {"step": 3, "loss": 1.25, "eval_accuracy": None}, {"step": 4, "eval_loss": 1.6}]
+    assert common.write_curve(tmp_path / "train.csv", history, {"train_loss": "loss"}) == 3
+    evals = {"eval_loss": "eval_loss", "eval_accuracy": "eval_accuracy"}
+    assert common.write_curve(tmp_path / "eval.csv", history, evals) == 1
+    read = lambda name: list(csv.reader(open(tmp_path / name)))  # noqa: E731
+    assert read("train.csv") == [["step", "train_loss"], ["1", "2"], ["2", "1.5"], ["3", "1.25"]]
+    assert read("eval.csv") == [["step", "eval_loss", "eval_accuracy"], ["2", "1.7", "0.5"]]
+    common.write_curve(tmp_path / "wide.csv", history, {"train_loss": "loss", "eval_loss": "eval_loss"}, required=())
+    assert read("wide.csv")[1:] == [["1", "2", ""], ["2", "1.5", "1.7"], ["3", "1.25", ""], ["4", "", "1.6"]]

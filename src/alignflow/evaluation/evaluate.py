@@ -386,7 +386,9 @@ def generate_models(params: Params, inputs: EvalInputs, candidate_version: str |
                 try:
                     gens["champion"] = _generate_champion(cdir, params, benign, harmful)
                     metrics["champion_version"] = int(version)
-                except ModelSpecError as err:  # e.g. an adapter whose base (models/sft) was retrained since
+                except (ModelSpecError, OSError, ValueError, KeyError) as err:
+                    # e.g. an adapter whose base (models/sft) was retrained since: a broken champion
+                    # must not block judging the candidate (the gate then compares with SFT)
                     log.warning("champion v%s cannot be loaded: %s", version, err)
                     notes.append(f"champion v{version} could not be loaded ({err}); compared with SFT instead")
                 gc.collect()

@@ -1,7 +1,12 @@
-"""What people look at after eval: DVC plot CSVs, matplotlib PNGs, and one self-contained HTML.
+"""What people look at after eval: DVC headline metrics and plot CSVs, matplotlib PNGs, one HTML.
 
+- metrics/headline.json (HEADLINE_KEYS of metrics/eval.json, same names) is the one DVC `metrics`
+  file of dvc.yaml, so the metric columns of `dvc exp show`; every metrics/<stage>.json, this
+  stage's full metrics/eval.json included, is a git-tracked plain output
+  (`dvc metrics diff A B --targets metrics/eval.json` compares them);
 - plots/eval_winrates.csv (comparison,winrate) and plots/eval_rewards.csv (model,length,reward)
-  are the DVC plots declared in dvc.yaml (`dvc plots show/diff`);
+  are the DVC plots declared in dvc.yaml (`dvc plots show/diff`); a missing value (no outcomes,
+  no score) is left out rather than written empty, which DVC would draw as 0;
 - reward distributions per model, reward vs length, win-rate bars as PNGs (MLflow artifacts);
 - reports/eval.html: the PNGs inlined as base64 (one file to mail or attach), the metrics and
   diagnostics tables, side-by-side example generations, and the gate decision.
@@ -17,8 +22,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignflow.io import write_json
+
 WINRATES_CSV = Path("plots/eval_winrates.csv")
 REWARDS_CSV = Path("plots/eval_rewards.csv")
+HEADLINE_JSON = Path("metrics/headline.json")
+# What compares experiments at a glance, in few `dvc exp show` columns: win rates vs SFT
+# (the champion moves between experiments) with their bootstrap CIs, KL, the reward model's
+# held-out accuracy, safety, the gate. Missing ones (no pairs, no bootstrap) are left out.
+HEADLINE_KEYS = (
+    "gate_passed",
+    "winrate_judge_vs_sft", "winrate_judge_vs_sft_ci_low", "winrate_judge_vs_sft_ci_high",
+    "winrate_rm_vs_sft", "winrate_rm_vs_sft_ci_low", "winrate_rm_vs_sft_ci_high",
+    "kl_vs_sft", "rm_accuracy_heldout", "refusal_rate_harmful", "overrefusal_rate_benign",
+)
+
+
+def write_headline(metrics: dict[str, Any], path: str | Path = HEADLINE_JSON) -> dict[str, Any]:
+    """metrics/headline.json: the HEADLINE_KEYS that `metrics` has a finite number for."""
+    headline = {k: metrics[k] for k in HEADLINE_KEYS
+                if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])}
+    write_json(path, headline)
+    return headline
 
 
 def write_winrates_csv(winrates: dict[str, float], path: str | Path = WINRATES_CSV) -> Path:
@@ -28,7 +53,8 @@ def write_winrates_csv(winrates: dict[str, float], path: str | Path = WINRATES_C
         w = csv.writer(fh)
         w.writerow(["comparison", "winrate"])
         for name, value in winrates.items():
-            w.writerow([name, _num(value)])
+            if _num(value):
+                w.writerow([name, _num(value)])
     return path
 
 
@@ -40,7 +66,8 @@ def write_rewards_csv(rows: Sequence[tuple[str, int, float]], path: str | Path =
         w = csv.writer(fh)
         w.writerow(["model", "length", "reward"])
         for model, length, reward in rows:
-            w.writerow([model, int(length), _num(reward)])
+            if _num(reward):
+                w.writerow([model, int(length), _num(reward)])
     return path
 
 
@@ -167,7 +194,7 @@ def render_html(
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
 
     if gate is not None:
-        cls, verdict = ("pass", "PASSED — candidate promoted to champion") if gate.get("passed") else (
+        cls, verdict = ("pass", "PASSED — the candidate becomes champion when eval's outputs are committed (alignflow promote)") if gate.get("passed") else (
             "fail", "FAILED — champion unchanged")
         parts.append(f"<h2>Promotion gate</h2><p class={cls}>{verdict}</p>"
                      f"<p>baseline: {html.escape(str(gate.get('baseline')))}"

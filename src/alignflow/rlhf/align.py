@@ -1,10 +1,12 @@
-"""align: align the SFT policy with `align.method` -> models/policy/, plots/align_curve.csv.
+"""align: align the SFT policy with `align.method` -> models/policy/, plots/align_*.csv.
 
 - dpo / kto / grpo / rloo: TRL trainers (trl_methods.py), a fresh LoRA on the SFT weights;
 - ppo: ours (ppo.py), policy + value head on one LoRA-adapted base, reward model loaded once;
 - best_of_n: no training, best-of-N selection by the reward model, recorded as a policy.
 All but best_of_n run inside the Ray Train launcher (checkpoints; a re-run resumes) and log
-reward, KL, entropy and response length per step (align_common.py says what each means per method).
+reward, KL, entropy and response length per step (align_common.py says what each means per method):
+plots/align_curve.csv has every curve column (cells a method did not log at a step are empty),
+plots/align_{reward,kl}.csv the steps that logged each, which `dvc plots` draws.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 OUTPUT = paths.POLICY_MODEL
 CURVE = Path("plots/align_curve.csv")
+# The series of the DVC figure, one file each: only the steps that logged it (no empty cell drawn as 0).
+PLOTTED = {"reward": Path("plots/align_reward.csv"), "kl": Path("plots/align_kl.csv")}
 SFT_DIR = paths.SFT_MODEL
 PREFS_TRAIN = Path("data/prefs/train.jsonl")
 PREFS_KTO = Path("data/prefs/kto.jsonl")
@@ -79,6 +83,8 @@ def run(params: Params, tracker) -> dict[str, Any]:
     from alignflow.training import common
 
     method = params.align.method
+    # offline methods learn from the ranked pairs, online ones sample on the training prompts
+    common.log_datasets(tracker, [PREFS_TRAIN if method in ("dpo", "kto") else PROMPTS])
     staging = OUTPUT.with_name(".policy.staging")
     shutil.rmtree(staging, ignore_errors=True)
     if method == "best_of_n":
@@ -104,7 +110,9 @@ def run(params: Params, tracker) -> dict[str, Any]:
         metrics = dict(result.return_value or {})
         history = metrics.pop("history", [])
     common.promote(staging, OUTPUT)
-    metrics["curve_points"] = common.write_curve(CURVE, history, {c: c for c in CURVE_COLUMNS})
+    metrics["curve_points"] = common.write_curve(CURVE, history, {c: c for c in CURVE_COLUMNS}, required=())
+    for column, path in PLOTTED.items():
+        common.write_curve(path, history, {column: column})
     tracker.set_tags({"align.method": method})
     tracker.log_artifact(CURVE)
     metrics.update(register_policy(params, tracker, method))
@@ -131,6 +139,7 @@ def register_policy(params: Params, tracker, method: str) -> dict[str, Any]:
     tracker.set_tags({"alignflow.align.model_uri": logged.model_uri})
     info: dict[str, Any] = {}
     if params.tracking.register_models:
-        version = tracking.register_model(logged.model_uri, "align", tags={"method": method, "kind": "best_of_n"})
+        version = tracking.register_model(logged.model_uri, "align", tags={"method": method, "kind": "best_of_n",
+                                                                       "alignflow.profile": params.profile})
         info["registered_version"] = int(version.version)
     return info

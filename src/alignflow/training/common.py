@@ -209,23 +209,31 @@ def promote(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_curve(path: Path, history: list[dict], columns: dict[str, str]) -> int:
-    """plots/<stage>_loss.csv: one row per step, `columns` maps csv column -> logged key."""
+def write_curve(path: Path, history: list[dict], columns: dict[str, str],
+                required: tuple[str, ...] | None = None) -> int:
+    """A plot CSV (plots/<stage>_*.csv): `step` + `columns` (csv column -> logged key).
+
+    A step becomes a row only when it logged every `required` column (default: all `columns`):
+    an empty cell is drawn as 0 by `dvc plots`, so series logged at different steps (train loss
+    every logging step, eval loss every eval step) go to separate files. `required=()` keeps
+    every step that logged any column (a wide table for people, not a DVC figure)."""
     by_step: dict[int, dict] = {}
     for row in history:
         step = int(row["step"])
         for col, key in columns.items():
-            if key in row:
+            if row.get(key) is not None:
                 by_step.setdefault(step, {})[col] = row[key]
+    need = tuple(columns) if required is None else tuple(required)
+    steps = [s for s in sorted(by_step) if all(c in by_step[s] for c in need)]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["step", *columns])
-        for step in sorted(by_step):
+        for step in steps:
             writer.writerow([step, *(_fmt(by_step[step].get(c)) for c in columns)])
     os.replace(tmp, path)
-    return len(by_step)
+    return len(steps)
 
 
 def _fmt(value) -> str:
@@ -282,8 +290,19 @@ def log_and_register(params: Params, tracker, model_dir: Path, stage: str, task:
     tracker.set_tags({f"alignflow.{stage}.model_uri": uri or f"runs:/{tracker.run_id}/model_dir",
                       f"alignflow.{stage}.base": meta.get("base", "")})
     if params.tracking.register_models:
-        tags = {"base": meta.get("base", ""), "adapter": str(bool(meta.get("adapter")))}
+        tags = {"base": meta.get("base", ""), "adapter": str(bool(meta.get("adapter"))),
+                "alignflow.profile": params.profile}
         version = (tracking.register_model(uri, stage, tags=tags) if uri
                    else tracking.register_artifacts(tracker.run_id, "model_dir", stage, tags=tags))
         info["registered_version"] = int(version.version)
     return info
+
+
+def log_datasets(tracker, files, context: str = "training") -> None:
+    """The data files a stage trains on, as MLflow dataset inputs (name = file stem, digest =
+    DVC's md5 of the file) on its run and the pipeline's parent run."""
+    if tracker is None or not hasattr(tracker, "log_dataset"):
+        return
+    for path in files:
+        if path is not None and Path(path).exists():
+            tracker.log_dataset(path, context=context)

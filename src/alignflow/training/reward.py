@@ -5,7 +5,8 @@ loss = -log σ(r(chosen) - r(rejected) - margin) (+ c · mean((r_c + r_r)²) whe
 Data: data/prefs/{train,val}.jsonl (the rank stage) when present, else the formatted human pairs
 data/formatted/prefs_{train,val}.jsonl. Base: `reward.base` (models/sft by default: the SFT adapter
 merged into its base, with a fresh score head), LoRA (`peft: lora`, the head fully trained) or full.
-Outputs models/reward/, plots/reward_loss.csv, held-out pair accuracy and mean margin.
+Outputs models/reward/, plots/reward_loss.csv (train loss), plots/reward_eval.csv (eval loss and
+held-out pair accuracy per eval step), held-out pair accuracy and mean margin.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from alignflow.training.launcher import LOOP_DIR_KEY, LOOP_HINT_KEY, run_trainin
 log = logging.getLogger(__name__)
 
 OUTPUT = paths.REWARD_MODEL
-CURVE = Path("plots/reward_loss.csv")
+CURVE = Path("plots/reward_loss.csv")  # step,train_loss: every logging step
+EVAL_CURVE = Path("plots/reward_eval.csv")  # step,eval_loss,eval_accuracy: every eval step
 PREFS = Path("data/prefs")
 
 
@@ -172,6 +174,7 @@ def run(params: Params, tracker) -> dict[str, Any]:
     import shutil
 
     config = loop_config(params)
+    common.log_datasets(tracker, preference_files())
     shutil.rmtree(config["staging_dir"], ignore_errors=True)
     if config["base"] != params.model.base and Path(config["base"]).is_dir():
         from alignflow.models import resolve_spec
@@ -181,8 +184,10 @@ def run(params: Params, tracker) -> dict[str, Any]:
     metrics = dict(result.return_value or {})
     history = metrics.pop("history", [])
     common.promote(Path(config["staging_dir"]), OUTPUT)
-    common.write_curve(CURVE, history, {"train_loss": "loss", "eval_accuracy": "eval_accuracy"})
+    common.write_curve(CURVE, history, {"train_loss": "loss"})
+    common.write_curve(EVAL_CURVE, history, {"eval_loss": "eval_loss", "eval_accuracy": "eval_accuracy"})
     if tracker is not None:
         tracker.log_artifact(CURVE)
+        tracker.log_artifact(EVAL_CURVE)
         metrics.update(common.log_and_register(params, tracker, OUTPUT, "reward", task="text-classification"))
     return {k: v for k, v in metrics.items() if v is not None}

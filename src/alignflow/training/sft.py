@@ -1,7 +1,8 @@
 """sft stage: TRL SFTTrainer inside Ray Train, loss on assistant tokens only.
 
 data/formatted/sft_{train,val}.jsonl (conversation records) -> models/sft/ (PEFT adapter or full
-weights + tokenizer with its chat template + alignflow_model.json), plots/sft_loss.csv, metrics.
+weights + tokenizer with its chat template + alignflow_model.json), plots/sft_loss.csv (train loss),
+plots/sft_eval.csv (eval loss), metrics.
 
 Assistant-only loss. TRL's `assistant_only_loss` needs a chat template with `{% generation %}`
 markers, which SmolLM2's (and most) templates lack, and TRL only patches templates it knows. So we
@@ -30,7 +31,8 @@ from alignflow.training.launcher import LOOP_DIR_KEY, LOOP_HINT_KEY, run_trainin
 log = logging.getLogger(__name__)
 
 OUTPUT = paths.SFT_MODEL
-CURVE = Path("plots/sft_loss.csv")
+CURVE = Path("plots/sft_loss.csv")  # step,train_loss: every logging step
+EVAL_CURVE = Path("plots/sft_eval.csv")  # step,eval_loss: every eval step (its own file: no empty cells)
 
 
 class TemplateError(ValueError):
@@ -225,6 +227,7 @@ def loop_config(params: Params, data_dir: Path = common.FORMATTED, staging: Path
 
 def run(params: Params, tracker) -> dict[str, Any]:
     config = loop_config(params)
+    common.log_datasets(tracker, [common.FORMATTED / "sft_train.jsonl", common.FORMATTED / "sft_val.jsonl"])
     staging = Path(config["staging_dir"])
     import shutil
 
@@ -233,9 +236,11 @@ def run(params: Params, tracker) -> dict[str, Any]:
     metrics = dict(result.return_value or {})
     history = metrics.pop("history", [])
     common.promote(staging, OUTPUT)
-    common.write_curve(CURVE, history, {"train_loss": "loss", "eval_loss": "eval_loss"})
+    common.write_curve(CURVE, history, {"train_loss": "loss"})
+    common.write_curve(EVAL_CURVE, history, {"eval_loss": "eval_loss"})
     if tracker is not None:
         tracker.log_artifact(CURVE)
+        tracker.log_artifact(EVAL_CURVE)
         metrics.update(common.log_and_register(params, tracker, OUTPUT, "sft", task="text-generation"))
     return {k: v for k, v in metrics.items() if v is not None}
 

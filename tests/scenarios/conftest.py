@@ -1,0 +1,56 @@
+"""The three workflows as a user performs them, on the smoke profile.
+
+One smoke pipeline, a user's first `alignflow repro` on a project with a data source of its own
+(data/user/batch.jsonl), is shared by the scenarios; each works in a copy of that workspace (git
+repo, DVC cache, outputs), against one MLflow server of the scenarios' own, so the registry's
+`champion` v1 is the base run's and nothing else's."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import ROOT, run_in, start_mlflow_server, stop_server
+from tests.scenarios.helpers import USER_SOURCE, append_rows, user_rows
+
+@pytest.fixture(scope="session")
+def scenario_mlflow(tmp_path_factory):
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("scenario-mlflow"))
+    yield uri
+    stop_server(proc)
+
+
+@pytest.fixture
+def scenario_env(scenario_mlflow, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", scenario_mlflow)
+    mlflow.set_tracking_uri(scenario_mlflow)
+    return scenario_mlflow
+
+
+@pytest.fixture(scope="session")
+def base_pipeline(tmp_path_factory, scenario_mlflow):
+    """`alignflow repro` once, as a user's first run (system metrics on, as they are by default)."""
+    from alignflow.smoke import make_workspace, merged_params
+
+    sources = merged_params(ROOT, "smoke")["collect"]["sources"] + [USER_SOURCE]
+    ws = make_workspace(tmp_path_factory.mktemp("scenarios") / "base", "smoke",
+                        # every SFT conversation kept: new data always reaches training
+                        overrides={"collect.sources": sources, "format.max_records.sft_train": 1000}, root=ROOT)
+    append_rows(ws / USER_SOURCE["path"], user_rows(0, 12))
+    run_in(ws, "git", "add", "-A")
+    run_in(ws, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "user data")
+    env = {"MLFLOW_TRACKING_URI": scenario_mlflow, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "true"}
+    proc = run_in(ws, "alignflow", "repro", "--name", "first-run", env=env, timeout=1500)
+    (ws / "first-run.log").write_text(proc.stdout + proc.stderr)
+    return ws
+
+
+@pytest.fixture
+def user_workspace(base_pipeline, tmp_path):
+    """A copy of the base workspace: this scenario's project checkout."""
+    dest = tmp_path / "project"
+    shutil.copytree(base_pipeline, dest, symlinks=True)
+    return dest

@@ -1,0 +1,95 @@
+"""Workflows 2 and 3: sweep the alignment method with DVC experiments, compare them from the
+terminal (`dvc exp show`, `dvc metrics diff`, `dvc plots diff`) and in the MLflow UI (a real
+headless Chromium: select the two parent runs, Compare)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import ROOT, run_in
+from tests.scenarios.helpers import champion, dvc
+
+pytestmark = [pytest.mark.slow, pytest.mark.scenario]
+
+
+def experiments(show: list[dict]) -> dict[str, dict]:
+    """`dvc exp show --json` -> {experiment name: {"metrics": flat, "params": flat}}."""
+    out = {}
+
+    def flat(files: dict) -> dict:
+        merged = {}
+        for content in (files or {}).values():
+            merged.update((content or {}).get("data") or {})
+        return merged
+
+    for baseline in show:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                params = {}
+                for content in (data.get("params") or {}).values():
+                    params.update((content or {}).get("data") or {})
+                out[rev.get("name") or rev["rev"]] = {"metrics": flat(data.get("metrics")), "params": params,
+                                                     "error": rev.get("error") or data.get("error")}
+    return out
+
+
+def test_sweep_methods_and_compare_them(user_workspace, scenario_env):
+    ws = user_workspace
+    v1 = champion().version
+    # As the README prints it: an experiment through alignflow (one MLflow parent), then plain DVC.
+    run_in(ws, "alignflow", "repro", "--exp", "-S", "align.method=ppo", "--name", "sweep-ppo", timeout=1500)
+    dvc(ws, "exp", "run", "-S", "align.method=best_of_n")
+
+    shown = experiments(json.loads(dvc(ws, "exp", "show", "--json").stdout))
+    assert "sweep-ppo" in shown and len(shown) == 2, list(shown)
+    [other] = [name for name in shown if name != "sweep-ppo"]
+    for name, exp in shown.items():
+        assert not exp["error"], (name, exp["error"])
+        assert "winrate_judge_vs_sft" in exp["metrics"], (name, sorted(exp["metrics"]))
+    assert shown["sweep-ppo"]["params"]["align"]["method"] == "ppo"
+    assert shown[other]["params"]["align"]["method"] == "best_of_n"
+
+    table = dvc(ws, "exp", "show", "--no-pager", env={"COLUMNS": "160"}).stdout
+    assert "!" not in table.replace("!=", ""), table[-3000:]
+    diff = dvc(ws, "metrics", "diff", "sweep-ppo", other, "--all", "--json").stdout
+    assert "winrate_judge_vs_sft" in diff, diff[-2000:]
+    out_dir = ws / "sweep_plots"
+    dvc(ws, "plots", "diff", "sweep-ppo", other, "-o", str(out_dir))
+    html = (out_dir / "index.html").read_text()
+    assert "sweep-ppo" in html and not re.search(r"<script[^>]+src=[\"']?https?://", html)  # renders offline
+
+    # MLflow: one parent per experiment, named after it and its method, with the swept params.
+    client = mlflow.MlflowClient()
+    exp_id = client.get_experiment_by_name("alignflow").experiment_id
+    parents = {r.data.tags["alignflow.dvc_exp"]: r for r in client.search_runs(
+        [exp_id], "tags.`alignflow.pipeline` = 'parent' and tags.`alignflow.dvc_exp` != ''")}
+    assert {"sweep-ppo", other} <= set(parents), list(parents)
+    ppo, bon = parents["sweep-ppo"], parents[other]
+    assert ppo.info.run_name == "sweep-ppo · ppo" and bon.info.run_name == f"{other} · best_of_n"
+    assert ppo.data.params["align.method"] == "ppo" and bon.data.params["align.method"] == "best_of_n"
+    assert ppo.info.status == bon.info.status == "FINISHED"
+    for run in (ppo, bon):
+        assert "eval.winrate_judge_vs_sft" in run.data.metrics
+        children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        assert {c.data.tags["alignflow.stage"] for c in children} == {"align", "eval"}
+    # A sweep never moves the champion unless asked (eval.gate.promote_in_experiments).
+    assert champion().version == v1
+
+    # Workflow 3: the two runs side by side in the MLflow UI, in a real browser.
+    from tests.scenarios.mlflow_ui import browser_missing, compare_runs_in_ui
+
+    if browser_missing():
+        pytest.skip(browser_missing())
+    shot = ROOT / "reports/ci/mlflow-compare-sweep.png"
+    text = compare_runs_in_ui(scenario_env, "alignflow", [ppo.info.run_name, bon.info.run_name], shot)
+    assert "ppo" in text and "best_of_n" in text and "eval.winrate_judge_vs_sft" in text
+    for run in (ppo, bon):
+        value = run.data.metrics["eval.winrate_judge_vs_sft"]
+        assert any(f"{value:.{d}f}".rstrip("0").rstrip(".") in text for d in (1, 2, 3, 4)), value
+    assert shot.stat().st_size > 10_000
