@@ -8,6 +8,11 @@ STAMP  := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX   ?=
 PYTEST_ARGS   ?=
+# make airflow / airflow-test: a local Airflow's home (gitignored by its own .gitignore), port,
+# and extra arguments for the smoke DAG run, e.g. AIRFLOW_TEST_ARGS="--fresh -S orchestration.stages=[collect]"
+AIRFLOW_LOCAL_HOME ?= .airflow
+AIRFLOW_PORT       ?= 8080
+AIRFLOW_TEST_ARGS  ?=
 
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
@@ -15,7 +20,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup run smoke test bench ui lint clean-outputs
+.PHONY: setup run smoke test bench ui airflow airflow-test lint clean-outputs
 
 setup: $(STAMP)
 
@@ -50,6 +55,18 @@ bench: setup ## every benchmark; each prints its ratios and writes bench/results
 
 ui: setup ## MLflow UI on the local tracking DB: http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+
+airflow: setup ## Airflow 3 on this checkout (api-server, scheduler, dag-processor): http://127.0.0.1:8080, no login
+	@# AIRFLOW_HOME=.airflow: config (dags_folder = dags/, no examples), DB migrated, the DAG serialized
+	@# (so `AIRFLOW_HOME=.airflow airflow dags list` shows it), then `airflow standalone`. The DAG starts paused.
+	$(BIN)/python -m alignflow.orchestration.local_airflow standalone --home $(AIRFLOW_LOCAL_HOME) --port $(AIRFLOW_PORT)
+
+airflow-test: setup ## the DAG once, end to end, on the smoke profile, no servers (`airflow dags test` in .airflow/smoke/)
+	$(BIN)/python -m alignflow.orchestration.local_airflow test --home $(AIRFLOW_LOCAL_HOME) $(AIRFLOW_TEST_ARGS)
+
+.PHONY: exps
+exps: setup ## compare DVC experiments in a terminal: headline metrics and params that differ (docs/EXPERIMENTS.md)
+	$(BIN)/dvc exp show --only-changed --drop 'Created|_ci_|^(data|models|src|components)/'
 
 clean-outputs: ## remove pipeline outputs (not the raw inputs: those are never modified)
 	rm -rf data/raw data/clean data/formatted data/samples data/prefs models reports plots metrics .smoke

@@ -11,7 +11,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import ROOT, run_in
+from tests.conftest import ROOT
+from tests.scenarios.test_readme import run_readme_commands
 from tests.scenarios.helpers import champion, dvc
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario]
@@ -39,16 +40,18 @@ def experiments(show: list[dict]) -> dict[str, dict]:
     return out
 
 
-def test_sweep_methods_and_compare_them(user_workspace, scenario_env):
+def test_readme_sweep_then_compare_in_terminal_and_browser(user_workspace, scenario_env):
     ws = user_workspace
     v1 = champion().version
-    # As the README prints it: an experiment through alignflow (one MLflow parent), then plain DVC.
-    run_in(ws, "alignflow", "repro", "--exp", "-S", "align.method=ppo", "--name", "sweep-ppo", timeout=1500)
-    dvc(ws, "exp", "run", "-S", "align.method=best_of_n")
+    # Every runnable README command, as printed: among them an experiment through alignflow (one
+    # MLflow parent), one with plain `dvc exp run`, then dvc exp show / metrics diff / plots diff.
+    commands = run_readme_commands(ws, scenario_env)
+    assert "alignflow repro --exp --name sweep-ppo -S align.method=ppo" in commands
+    assert "dvc exp run --name sweep-bon -S align.method=best_of_n" in commands
+    other = "sweep-bon"
 
     shown = experiments(json.loads(dvc(ws, "exp", "show", "--json").stdout))
-    assert "sweep-ppo" in shown and len(shown) == 2, list(shown)
-    [other] = [name for name in shown if name != "sweep-ppo"]
+    assert set(shown) == {"sweep-ppo", other}, list(shown)
     for name, exp in shown.items():
         assert not exp["error"], (name, exp["error"])
         assert "winrate_judge_vs_sft" in exp["metrics"], (name, sorted(exp["metrics"]))
@@ -59,9 +62,7 @@ def test_sweep_methods_and_compare_them(user_workspace, scenario_env):
     assert "!" not in table.replace("!=", ""), table[-3000:]
     diff = dvc(ws, "metrics", "diff", "sweep-ppo", other, "--all", "--json").stdout
     assert "winrate_judge_vs_sft" in diff, diff[-2000:]
-    out_dir = ws / "sweep_plots"
-    dvc(ws, "plots", "diff", "sweep-ppo", other, "-o", str(out_dir))
-    html = (out_dir / "index.html").read_text()
+    html = (ws / "dvc_plots/index.html").read_text()  # written by the README's `dvc plots diff`
     assert "sweep-ppo" in html and not re.search(r"<script[^>]+src=[\"']?https?://", html)  # renders offline
 
     # MLflow: one parent per experiment, named after it and its method, with the swept params.

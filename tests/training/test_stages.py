@@ -152,3 +152,13 @@ def test_curves_never_have_an_empty_cell_to_draw(tmp_path):
     assert read("eval.csv") == [["step", "eval_loss", "eval_accuracy"], ["2", "1.7", "0.5"]]
     common.write_curve(tmp_path / "wide.csv", history, {"train_loss": "loss", "eval_loss": "eval_loss"}, required=())
     assert read("wide.csv")[1:] == [["1", "2", ""], ["2", "1.5", "1.7"], ["3", "1.25", ""], ["4", "", "1.6"]]
+
+
+def test_an_empty_validation_split_means_no_eval(tmp_path):
+    """Few judged pairs can leave rank's val split empty: train without eval, do not fail."""
+    from alignflow.training.reward import PREFS, preference_files
+
+    (tmp_path / PREFS).mkdir(parents=True)
+    (tmp_path / PREFS / "train.jsonl").write_text('{"id": "a"}\n')
+    (tmp_path / PREFS / "val.jsonl").write_text("")
+    assert preference_files(tmp_path) == (tmp_path / PREFS / "train.jsonl", None)

@@ -53,12 +53,13 @@ def preference_rows(records: list[dict], use_margin: bool) -> list[dict]:
 
 def preference_files(root: Path = Path(".")) -> tuple[Path, Path | None]:
     """data/prefs/ (judged samples + human pairs) once the rank stage made it, else the formatted pairs."""
+    def nonempty(path: Path) -> Path | None:  # few pairs can leave rank's val split empty
+        return path if path.exists() and path.stat().st_size > 0 else None
+
     if (root / PREFS / "train.jsonl").exists():
-        val = root / PREFS / "val.jsonl"
-        return root / PREFS / "train.jsonl", val if val.exists() else None
+        return root / PREFS / "train.jsonl", nonempty(root / PREFS / "val.jsonl")
     train = common.require_file(root / common.FORMATTED / "prefs_train.jsonl", "preference pairs", "rank (or format)")
-    val = root / common.FORMATTED / "prefs_val.jsonl"
-    return train, val if val.exists() else None
+    return train, nonempty(root / common.FORMATTED / "prefs_val.jsonl")
 
 
 def train_loop(config: dict) -> dict[str, Any]:
