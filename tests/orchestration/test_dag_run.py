@@ -5,10 +5,8 @@ Each run is a subprocess with its own AIRFLOW_HOME, so Airflow's config is the t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -18,8 +16,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignflow import STAGES
-from alignflow.orchestration.dvc_graph import load_pipeline
 from tests.conftest import ROOT, run_in
 
 RUN_DAG = """
@@ -33,22 +29,6 @@ with create_session() as session:
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances(session=session)}
 print("DAG_RESULT=" + json.dumps({"run_id": run.run_id, "state": str(run.state), "tasks": states}))
 """
-
-
-def implemented_stages() -> list[str]:
-    """Stages whose component's module (`from alignflow.x.y import run`) exists, keeping only
-    those whose upstream stages exist too (the DAG demands that). ALIGNFLOW_DAG_TEST_STAGES
-    (comma-separated) picks them by hand."""
-    pipeline = load_pipeline(ROOT / "dvc.yaml")
-    if os.environ.get("ALIGNFLOW_DAG_TEST_STAGES"):
-        return pipeline.select(os.environ["ALIGNFLOW_DAG_TEST_STAGES"].split(",")).order()
-    present = set()
-    for stage in pipeline.names:
-        source = (ROOT / "components" / f"{stage}.py").read_text()
-        match = re.search(r"from (alignflow\.[\w.]+) import run", source)
-        if match and importlib.util.find_spec(match.group(1)) is not None:
-            present.add(stage)
-    return [s for s in pipeline.order() if s in present and pipeline.ancestors(s) <= present]
 
 
 @pytest.fixture(scope="module")
@@ -92,27 +72,8 @@ def parent_run(tracking_uri: str, dag_run_id: str):
     return run, children
 
 
-@pytest.mark.slow
-def test_dag_runs_the_pipeline_locally(workspace, airflow_home, tracking_env, tmp_path):
-    stages = implemented_stages()
-    remote = tmp_path / "dvc-remote"
-    ws = workspace({"orchestration.stages": stages, "orchestration.dvc_remote": str(remote)})
-    result = dag_test(ws, airflow_home, tracking_env)
-    print(f"dag.test: {len(stages)} stages {stages} in {result['seconds']} s")
-
-    assert result["tasks"] == {t: "success" for t in ["start_run", "dvc_pull", *stages, "dvc_push", "finish_run"]}, \
-        result["log"][-12000:]
-    assert result["state"] == "success"
-    parent, children = parent_run(tracking_env, result["run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.tags["alignflow.pipeline"] == "parent"
-    assert sorted(c.data.tags["alignflow.stage"] for c in children) == sorted(stages)
-    if stages:
-        lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
-        assert sorted(lock) == sorted(stages)
-        assert all(parent.data.tags.get(f"dvc.lock.{s}") for s in stages)
-        assert any(remote.rglob("*")), "dvc push sent nothing to the remote"
-    if set(stages) == set(STAGES):
-        assert json.loads((ws / "metrics" / "eval.json").read_text())
+# The whole DAG on the nine stages, with a DVC remote, is the retraining scenario
+# (tests/scenarios/test_retraining.py): new data, a retrain, a quiet week.
 
 
 MINI_DVC = {

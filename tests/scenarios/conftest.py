@@ -36,9 +36,12 @@ def base_pipeline(tmp_path_factory, scenario_mlflow):
     from alignflow.smoke import make_workspace, merged_params
 
     sources = merged_params(ROOT, "smoke")["collect"]["sources"] + [USER_SOURCE]
-    ws = make_workspace(tmp_path_factory.mktemp("scenarios") / "base", "smoke",
+    base = tmp_path_factory.mktemp("scenarios") / "base"
+    ws = make_workspace(base, "smoke",
                         # every SFT conversation kept: new data always reaches training
-                        overrides={"collect.sources": sources, "format.max_records.sft_train": 1000}, root=ROOT)
+                        overrides={"collect.sources": sources, "format.max_records.sft_train": 1000,
+                                   # the DAG pulls from and pushes to it (a local DVC remote)
+                                   "orchestration.dvc_remote": str(base.parent / "dvc-remote")}, root=ROOT)
     append_rows(ws / USER_SOURCE["path"], user_rows(0, 12))
     run_in(ws, "git", "add", "-A")
     run_in(ws, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "user data")

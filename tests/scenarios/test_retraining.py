@@ -6,6 +6,7 @@ a run on unchanged data re-runs nothing. Real DVC, a real MLflow server, `dag.te
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -101,6 +102,8 @@ def test_new_data_retrains_downstream_and_a_quiet_week_retrains_nothing(
     lock_after = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
     assert lock_after["collect"] != lock_before["collect"]
     assert json.loads((ws / "metrics/collect.json").read_text())["conversations"] == collected_before + 6
+    remote = yaml.safe_load((ws / "params.yaml").read_text())["orchestration"]["dvc_remote"]
+    assert result["tasks"]["dvc_push"] == "success" and any(Path(remote).rglob("*")), "dvc push sent nothing"
 
     # The gate judged the new candidate against champion v1; promote ran after eval's commit.
     gate = json.loads((ws / "reports/gate.json").read_text())
