@@ -63,22 +63,31 @@ def stop_server(proc) -> None:
         proc.kill()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """One MLflow server for the session (tests that need an empty registry start their own)."""
-    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+def serve_mlflow(tmp_path_factory, name: str):
+    """A session fixture's body: a server in its own temp dir, stopped at the end."""
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp(name))
     yield uri
     stop_server(proc)
 
 
-@pytest.fixture
-def tracking_env(mlflow_server, monkeypatch):
-    """Point MLflow (in this process and in child processes) at the test server."""
+def use_tracking_server(uri: str, monkeypatch) -> str:
+    """Point MLflow (in this process and in child processes) at a test server."""
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    mlflow.set_tracking_uri(mlflow_server)
-    return mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One MLflow server for the session (tests that need an empty registry start their own)."""
+    yield from serve_mlflow(tmp_path_factory, "mlflow")
+
+
+@pytest.fixture
+def tracking_env(mlflow_server, monkeypatch):
+    return use_tracking_server(mlflow_server, monkeypatch)
 
 
 @pytest.fixture

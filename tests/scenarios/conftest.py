@@ -11,23 +11,17 @@ import shutil
 
 import pytest
 
-from tests.conftest import ROOT, run_in, start_mlflow_server, stop_server
+from tests.conftest import ROOT, run_in, serve_mlflow, use_tracking_server
 from tests.scenarios.helpers import USER_SOURCE, append_rows, user_rows
 
 @pytest.fixture(scope="session")
 def scenario_mlflow(tmp_path_factory):
-    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("scenario-mlflow"))
-    yield uri
-    stop_server(proc)
+    yield from serve_mlflow(tmp_path_factory, "scenario-mlflow")
 
 
 @pytest.fixture
 def scenario_env(scenario_mlflow, monkeypatch):
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", scenario_mlflow)
-    mlflow.set_tracking_uri(scenario_mlflow)
-    return scenario_mlflow
+    return use_tracking_server(scenario_mlflow, monkeypatch)
 
 
 @pytest.fixture(scope="session")

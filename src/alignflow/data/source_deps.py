@@ -48,18 +48,19 @@ def needs_always_changed(params: Params) -> bool:
     return any(s.hf for s in params.collect.sources)
 
 
-def _collect_stage(doc, dvc_yaml: Path):
-    try:
-        return doc["stages"][STAGE]
-    except (KeyError, TypeError):
-        raise ValueError(f"{dvc_yaml}: no stage {STAGE!r}") from None
+def _collect_stage(doc):
+    """dvc.yaml's collect stage, or None in a pipeline without one (nothing to keep in sync)."""
+    stages = (doc or {}).get("stages") or {}
+    return stages.get(STAGE)
 
 
 def check(params: Params, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
     """What dvc.yaml's collect stage lacks for these params (empty when in sync)."""
     import yaml
 
-    stage = _collect_stage(yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")), dvc_yaml)
+    stage = _collect_stage(yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")))
+    if stage is None:
+        return []
     deps = [str(d) for d in stage.get("deps") or []]
     problems = [f"deps lacks {p}" for p in required_deps(params)
                 if not any(_inside(p, source_dep(d)) for d in deps)]
@@ -79,7 +80,9 @@ def sync(params: Params, dvc_yaml: Path = Path("dvc.yaml")) -> bool:
     rt.width = 4096
     text = dvc_yaml.read_text(encoding="utf-8")
     doc = rt.load(text)
-    stage = _collect_stage(doc, dvc_yaml)
+    stage = _collect_stage(doc)
+    if stage is None:
+        return False
     wanted = required_deps(params)
     current = [str(d) for d in stage.get("deps") or []]
     changed = False
