@@ -85,8 +85,9 @@ def _cmd_repro(args: argparse.Namespace, rest: list[str]) -> int:
         print("dvc.yaml: the deps of collect now follow collect.sources", flush=True)
     tags = {}
     if args.exp:
-        exp, dvc_args = _exp_name(dvc_args)
-        name, tags = args.name or exp, {tracking.TAG_DVC_EXP: exp}
+        # --name names the DVC experiment and its MLflow parent alike
+        exp, dvc_args = _exp_name(["--name", args.name, *dvc_args] if args.name else dvc_args)
+        name, tags = exp, {tracking.TAG_DVC_EXP: exp}
         dvc_args = [*dvc_args, *(a for kv in sets for a in ("-S", kv))]
     else:
         name = args.name or f"pipeline-{params.profile}"
