@@ -261,15 +261,10 @@ class StageRun:
         path = Path(path)
         if not path.exists():
             return
-        targets = [None, self.parent_id] if parent and self.parent_id else [None]
-        for run_id in targets:
-            client = _mlflow().MlflowClient()
-            if run_id is None:
-                (_mlflow().log_artifacts if path.is_dir() else _mlflow().log_artifact)(str(path), artifact_path=artifact_path)
-            elif path.is_dir():
-                client.log_artifacts(run_id, str(path), artifact_path=artifact_path)
-            else:
-                client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        client = _mlflow().MlflowClient()
+        for run_id in [self.run_id, *([self.parent_id] if parent and self.parent_id else [])]:
+            upload = client.log_artifacts if path.is_dir() else client.log_artifact
+            upload(run_id, str(path), artifact_path=artifact_path)
 
     def log_dataset(self, path: str | os.PathLike, context: str, name: str | None = None) -> None:
         """A JSONL/JSON data file as an MLflow dataset input of this run and of the parent, with

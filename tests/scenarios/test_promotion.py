@@ -21,19 +21,41 @@ from tests.scenarios.helpers import champion, dvc
 pytestmark = [pytest.mark.slow, pytest.mark.scenario]
 
 
+# Runs a command in its own process group and, on SIGTERM, SIGKILLs the whole group and reaps
+# every process of it (as a child subreaper): a killed DVC's lock names its PID, and DVC treats
+# an unreaped (zombie) PID as alive, which a shell or init would have reaped for a user.
+KILLABLE = """
+import ctypes, os, signal, subprocess, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+proc = subprocess.Popen(sys.argv[1:], start_new_session=True)
+signal.signal(signal.SIGTERM, lambda *_: os.killpg(proc.pid, signal.SIGKILL))
+done_at = None
+while True:
+    try:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        break  # every process of the run is gone and reaped
+    if pid == proc.pid:
+        done_at = time.time()
+    elif pid == 0:
+        if done_at and time.time() - done_at > 30:
+            break  # something left the group and lives on: not ours to wait for
+        time.sleep(0.05)
+"""
+
+
 def repro_until_verdict(ws: Path, env: dict, timeout: float = 900) -> None:
-    """Start `alignflow repro`; SIGKILL it the moment eval's new gate.json exists."""
+    """Start `alignflow repro`; SIGKILL all of it the moment eval's new gate.json exists."""
     gate = ws / "reports/gate.json"
     before = gate.stat().st_mtime_ns if gate.exists() else 0
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "alignflow"), "repro", "--name", "killed"],
-                            cwd=ws, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [sys.executable, "-c", KILLABLE, str(Path(sys.executable).parent / "alignflow"), "repro", "--name", "killed"]
+    proc = subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     try:
         while time.time() < deadline:
             if gate.exists() and gate.stat().st_mtime_ns != before:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(90)
                 return
             if proc.poll() is not None:
                 pytest.fail(f"alignflow repro ended (rc {proc.returncode}) before eval wrote a verdict")
@@ -41,7 +63,8 @@ def repro_until_verdict(ws: Path, env: dict, timeout: float = 900) -> None:
         pytest.fail("eval wrote no verdict in time")
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(90)
 
 
 def test_kill_after_gate_keeps_champion_until_eval_is_committed(user_workspace, scenario_env):
