@@ -59,7 +59,7 @@ PARENT_PARAMS = (
     "align.batch_size", "eval.judge", "eval.max_prompts",
 )
 # Sampled often enough that a stage of 30 s draws a curve (MLflow's default is every 10 s).
-SYSTEM_METRICS_INTERVAL_S = 2
+SYSTEM_METRICS_INTERVAL_S = 5
 
 
 def _mlflow():

@@ -69,7 +69,7 @@ def test_first_run_is_tracked_registered_and_promoted(base_pipeline, scenario_en
     for child in children:
         if child.data.metrics.get("wall_time_s", 0) > 12:
             points = client.get_metric_history(child.info.run_id, "system/cpu_utilization_percentage")
-            assert len(points) >= 3, (child.info.run_name, len(points))
+            assert len(points) >= 2, (child.info.run_name, len(points))  # one sample every 5 s
 
     # Promoted after the pipeline, with the record of why on the version.
     gate = json.loads((ws / "reports/gate.json").read_text())
