@@ -1,7 +1,7 @@
 """The glue every component shares: parse the CLI, validate params, track, write metrics.
 
 A stage is a function `run(params, tracker) -> metrics`; `stage_main` does the rest, so each
-`components/<stage>.py` is a few lines (ARCHITECTURE.md §2).
+`components/<stage>.py` is a few lines (README: The pipeline).
 """
 
 from __future__ import annotations

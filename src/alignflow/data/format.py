@@ -3,7 +3,7 @@
 - Splits are a pure function of (seed, task, record id): a record never moves between train
   and test when other records are added or removed (no leakage across dataset versions).
 - The train splits are mixed by task: each task gets a share of the file's cap proportional to
-  its sources' `weight` (seed 001: balance tasks); a task short of its share passes the rest on
+  its sources' `weight` (task balancing, as in FLAN: Longpre et al. 2023); a task short of its share passes the rest on
   (or is repeated with `format.upsample`).
 - Outputs are TRL's conversational formats: SFT `messages`, preference `prompt/chosen/rejected`
   message lists, prompt records for sampling/PPO/eval with a `reference` when there is one.

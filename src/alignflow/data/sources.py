@@ -1,4 +1,4 @@
-"""Readers: one per source format, each turning raw rows into canonical records (ARCHITECTURE.md §3).
+"""Readers: one per source format, each turning raw rows into canonical records (README: The pipeline).
 
 A reader is a pure function `row (dict) -> list[record]` that raises `RecordError(reason)` for a
 row that does not fit its schema; `read_source` adds file reading, provenance and limits, and

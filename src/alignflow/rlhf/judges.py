@@ -3,10 +3,10 @@
 - `reference`  — cosine similarity (MiniLM sentence embeddings, loaded offline) of each response to
                  the prompt's reference answer (or to the prompt itself when there is none, a
                  relevance proxy), minus rule penalties for refusals/apologies, repetition, empty
-                 and truncated answers (seed 002 §3.4.3 lists these as the habits an over-optimized
+                 and truncated answers (Gao et al. 2023 and Singhal et al. 2023 describe these as the habits an over-optimized
                  reward model teaches; penalising them here keeps them out of the pairs).
 - `reward_model` — a trained Bradley–Terry reward model's scalar score.
-- `llm`        — RLAIF (seed 002 §3.5): a local HF model or an OpenAI-compatible endpoint judges
+- `llm`        — RLAIF (Bai et al. 2022; Lee et al. 2023): a local HF model or an OpenAI-compatible endpoint judges
                  pairs; each pair is asked in both orders so position bias cancels; a reply with no
                  parseable verdict is re-asked, then counted as failed — never guessed.
 - `human`      — Label Studio annotations (rankings or pairwise choices), see labelstudio.py.

@@ -1,4 +1,4 @@
-"""Run a training loop on Ray Train (ARCHITECTURE.md §5).
+"""Run a training loop on Ray Train (docs/TRAINING.md).
 
 `run_training(train_loop, loop_config, params, name)` wraps `ray.train.torch.TorchTrainer`:
 - scaling from `params.ray` (`num_workers: 0` = Ray Train V2 local mode: the loop runs in this
