@@ -27,19 +27,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(root: Path):
+def start_mlflow_server(root: Path, port: int | None = None):
     """A real MLflow tracking server (sqlite backend, local artifact store) on localhost:
-    returns (process, uri) once /health answers."""
+    returns (process, uri) once /health answers. The same `root` and `port` restart it."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     cmd = [
         str(Path(sys.executable).parent / "mlflow"), "server",
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination", str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    log = open(root / "server.log", "a")
+    # its own process group: kill_server takes the uvicorn workers down with it
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -61,6 +62,17 @@ def stop_server(proc) -> None:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def kill_server(proc) -> None:
+    """An outage: SIGKILL to the server and its workers, no clean shutdown."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=20)
 
 
 def serve_mlflow(tmp_path_factory, name: str):

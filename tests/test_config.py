@@ -1,5 +1,6 @@
 """params.yaml schema: wrong keys, types and values fail with the dotted key and what is allowed."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,22 @@ def test_overrides_and_bad_yaml(tmp_path):
         load_params(path)
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_duplicate_key_in_params_is_rejected_with_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys: a second `model:` section would silently replace the first."""
+    path = tmp_path / "params.yaml"
+    path.write_text("model:\n  base: tiny:llama\nseed: 1\nmodel:\n  dtype: float32\n")
+    with pytest.raises(ParamsError, match=re.escape(f"{path}:4: duplicate key 'model' (first at line 1)")):
+        load_params(path)
+    path.write_text("seed: 1\nformat:\n  max_length: 256\n  system_prompt: null\n  max_length: 512\n")
+    with pytest.raises(ParamsError, match=re.escape(f"{path}:5: duplicate key 'max_length' (first at line 3)")):
+        load_params(path)
+    # a merge key is not a duplicate: `<<: *base` then an override is what anchors are for
+    from alignflow.io import read_yaml
+
+    path.write_text("base: &b {num_workers: 1, use_gpu: false}\nray:\n  <<: *b\n  num_workers: 2\n")
+    assert read_yaml(path)["ray"] == {"num_workers": 2, "use_gpu": False}
 
 
 def test_flatten_uses_dotted_keys_and_list_indices():

@@ -98,3 +98,21 @@ def test_dvc_exp_runs_share_one_parent(tracking_env, params, tmp_path, monkeypat
     with pytest.raises(RuntimeError):
         run_stage("align", boom, params)
     assert client.get_run(parent.info.run_id).info.status == "FAILED"
+
+
+def test_secret_in_params_never_reaches_mlflow(tracking_env, tmp_path, monkeypatch):
+    """A credential pasted into a param (here a URL with a password) is masked on the stage run,
+    the parent's params and its params.yaml artifact."""
+    monkeypatch.chdir(tmp_path)
+    secret = "hunter2-very-secret"
+    params = validate({"tracking": {"experiment": "test-tracking"}, "model": {"base": "tiny:llama"},
+                       "rank": {"judge": ["llm"], "llm": {"base_url": f"https://bob:{secret}@llm.example/v1"}}})
+    with tracking.pipeline_run(params, name="secrets") as parent_id:
+        run_stage("rank", lambda p, tracker: {}, params)
+    client = mlflow.MlflowClient()
+    child = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                               f"tags.mlflow.parentRunId = '{parent_id}'")[0]
+    assert child.data.params["rank.llm.base_url"].startswith("https://bob:")
+    logged = [*child.data.params.values(), *client.get_run(parent_id).data.params.values(),
+              mlflow.artifacts.load_text(f"runs:/{parent_id}/params.yaml")]
+    assert not [value for value in logged if secret in value]

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from alignflow.config import deep_merge, set_dotted, validate
+from alignflow.io import read_yaml  # rejects duplicate keys, naming file and lines
 
 PROFILE_DIR = "profiles"
 
@@ -50,9 +51,9 @@ def project_files(root: Path) -> list[str]:
 
 
 def merged_params(root: Path, profile: str | None, overrides: dict | None = None) -> dict:
-    raw = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    raw = read_yaml(root / "params.yaml") or {}
     if profile:
-        raw = deep_merge(raw, yaml.safe_load((root / PROFILE_DIR / f"{profile}.yaml").read_text()) or {})
+        raw = deep_merge(raw, read_yaml(root / PROFILE_DIR / f"{profile}.yaml") or {})
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
     validate(raw, f"{PROFILE_DIR}/{profile}.yaml over params.yaml")

@@ -19,6 +19,8 @@ import yaml
 
 from alignflow.config import Params, ParamsError, load_params
 from alignflow.io import InputError, write_metrics
+from alignflow.scratch import StageBusyError
+from alignflow.tracking import TrackingUnavailable
 
 StageFn = Callable[[Params, Any], dict[str, Any]]
 log = logging.getLogger("alignflow")
@@ -57,15 +59,27 @@ def setup_logging() -> None:
 
 
 def run_stage(stage: str, fn: StageFn, params: Params, system_metrics: bool | None = None) -> dict[str, Any]:
-    from alignflow import tracking
+    """Run one stage under its workspace lock and its MLflow run.
+
+    Training checkpoints are discarded only here, after the outputs *and* the tracking
+    succeeded: a stage that fails while logging resumes at its last step when re-run."""
+    from alignflow import scratch, tracking
+    from alignflow.training import launcher
 
     seed_everything(params.seed)
     started = time.perf_counter()
-    with tracking.stage_run(params, stage, system_metrics=system_metrics) as tracker:
-        metrics = fn(params, tracker) or {}
-        metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
-        write_metrics(stage, metrics)
-        tracker.log_summary(metrics)
+    with scratch.stage_lock(stage):
+        scratch.sweep_temp()
+        try:
+            with tracking.stage_run(params, stage, system_metrics=system_metrics) as tracker:
+                metrics = fn(params, tracker) or {}
+                metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+                write_metrics(stage, metrics)
+                tracker.log_summary(metrics)
+        except Exception as err:
+            tracking.raise_if_unreachable(params, err)  # the server went away: say so in one line
+            raise
+        launcher.discard_finished_runs()
     log.info("%s done in %.1fs", stage, metrics["wall_time_s"])
     return metrics
 
@@ -79,6 +93,6 @@ def stage_main(stage: str, fn: StageFn, argv: list[str] | None = None, system_me
     try:
         params = load_params(args.params, parse_overrides(args.set))
         run_stage(stage, fn, params, system_metrics=system_metrics)
-    except (ParamsError, InputError) as err:
+    except (ParamsError, InputError, StageBusyError, TrackingUnavailable) as err:
         print(f"alignflow {stage}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -23,13 +23,17 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from alignflow.config import Params, flatten
+from alignflow.secrets import redact_secrets, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,16 @@ PARENT_PARAMS = (
 )
 # Sampled often enough that a stage of 30 s draws a curve (MLflow's default is every 10 s).
 SYSTEM_METRICS_INTERVAL_S = 5
+# Which process owns a RUNNING run: a run whose process died (kill -9) is marked KILLED by the next.
+TAG_HOST, TAG_PID = "alignflow.host", "alignflow.pid"
+# MLflow's own defaults retry a dead server for ~4 minutes per call (7 retries, backoff 2);
+# these bound it to seconds. Set the variables to override.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+HEALTH_TIMEOUT_S = 5
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached: fail before any work starts."""
 
 
 def _mlflow():
@@ -85,9 +99,43 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+def check_reachable(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    """A tracking server answers its /health endpoint within `timeout` s, or TrackingUnavailable
+    (one line naming the URI and where it came from). Local stores (sqlite, files) need no check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (e.g. 401 behind auth): reachable
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.tracking_uri"
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} ({source}) is unreachable within {timeout:g} s: {reason}. "
+            "Start it, or point MLFLOW_TRACKING_URI at a running one"
+        ) from None
+
+
+def raise_if_unreachable(params: Params, err: BaseException) -> None:
+    """After a stage failed: when its tracking server is down, raise that (one line) instead of
+    the client's retry traceback. A training stage's checkpoints are kept (see stage.run_stage)."""
+    if isinstance(err, TrackingUnavailable):
+        return
+    try:
+        check_reachable(tracking_uri(params))
+    except TrackingUnavailable as down:
+        raise TrackingUnavailable(f"{down} (lost during the stage: {type(err).__name__}); finished training "
+                                  "is kept, and a re-run resumes from it and redoes the logging") from err
+
+
 def configure(params: Params) -> str:
     mlflow = _mlflow()
     uri = tracking_uri(params)
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     name = params.tracking.experiment
     client = mlflow.MlflowClient()
@@ -165,6 +213,7 @@ def stage_params(params: Params, stage: str) -> dict[str, Any]:
 
 def _log_params(params: dict[str, Any]) -> None:
     mlflow = _mlflow()
+    params = redact_secrets(params)
     # MLflow caps a param value at 6000 chars; long lists (sources) are summarized as JSON.
     clean = {k: (json.dumps(v) if not isinstance(v, (str, int, float, bool, type(None))) else v) for k, v in params.items()}
     clean = {k: (str(v)[:5000]) for k, v in clean.items()}
@@ -174,14 +223,14 @@ def _log_params(params: dict[str, Any]) -> None:
 
 
 def _log_parent_params(client, run_id: str, params: Params) -> None:
-    items = [_mlflow().entities.Param(k, _param_value(v)) for k, v in parent_params(params).items()]
+    items = [_mlflow().entities.Param(k, _param_value(v)) for k, v in redact_secrets(parent_params(params)).items()]
     for i in range(0, len(items), 90):
         client.log_batch(run_id, params=items[i : i + 90])
     # The whole effective params.yaml, for what the headline leaves out.
     import yaml
 
-    client.log_text(run_id, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
-                    "params.yaml")
+    client.log_text(run_id, yaml.safe_dump(redact_secrets(params.model_dump(mode="json")), sort_keys=False,
+                                           allow_unicode=True), "params.yaml")
 
 
 def _param_value(value: Any) -> str:
@@ -295,7 +344,7 @@ class StageRun:
             _mlflow().MlflowClient().log_table(self.parent_id, frame, artifact_file=artifact_file)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        _mlflow().set_tags({k: str(v) for k, v in tags.items()})
+        _mlflow().set_tags({k: redact_text(str(v)) for k, v in tags.items()})
 
 
 def file_md5(path: Path) -> str:
@@ -321,10 +370,35 @@ def jsonl_dataset(path: Path, name: str | None = None):
                        digest=file_md5(path))
 
 
+def owner_tags() -> dict[str, str]:
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+
+
+def reap_orphans(client, experiment_id: str, filter_string: str) -> list[str]:
+    """Mark KILLED the RUNNING runs (matching `filter_string`) whose process on this host is gone:
+    a run killed with -9 never closes itself. Returns their ids."""
+    from alignflow.scratch import pid_alive
+
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}' and {filter_string}"
+    reaped = []
+    for run in client.search_runs([experiment_id], filter_string=query, max_results=100):
+        pid = run.data.tags.get(TAG_PID, "")
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            client.set_tag(run.info.run_id, "alignflow.killed", f"process {pid} on {host} died while the run was open")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            reaped.append(run.info.run_id)
+    if reaped:
+        log.info("marked %d run(s) of killed processes KILLED: %s", len(reaped), ", ".join(reaped))
+    return reaped
+
+
 def _set_parent_status(client, parent_id: str, status: str) -> None:
     """Open/close a stage-owned parent (plain `dvc exp run`): RUNNING while a stage runs, then
     FINISHED/FAILED, so it never stays RUNNING after DVC exits, whichever stage was last."""
     if status == "RUNNING":
+        for key, value in owner_tags().items():
+            client.set_tag(parent_id, key, value)
         client.update_run(parent_id, status="RUNNING")
     else:
         client.set_terminated(parent_id, status=status)
@@ -341,7 +415,9 @@ def stage_run(params: Params, stage: str, system_metrics: bool | None = None) ->
     parent = parent_run_id(params)
     client = mlflow.MlflowClient()
     owned = bool(parent) and client.get_run(parent).data.tags.get(TAG_PARENT_OWNER) == "stages"
-    tags = {TAG_STAGE: stage, TAG_PIPELINE: "stage"}
+    experiment_id = mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id
+    reap_orphans(client, experiment_id, f"tags.`{TAG_STAGE}` = '{stage}'")
+    tags = {TAG_STAGE: stage, TAG_PIPELINE: "stage", **owner_tags()}
     if parent:
         tags["mlflow.parentRunId"] = parent
     commit = git_commit()
@@ -374,6 +450,7 @@ def start_pipeline_run(params: Params, name: str = "pipeline", tags: dict[str, s
     configure(params)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(params.tracking.experiment)
+    reap_orphans(client, experiment.experiment_id, f"tags.`{TAG_PIPELINE}` = 'parent'")
     all_tags = {TAG_PIPELINE: "parent", "mlflow.runName": name, **(tags or {})}
     commit = git_commit()
     if commit:
@@ -385,8 +462,10 @@ def start_pipeline_run(params: Params, name: str = "pipeline", tags: dict[str, s
 
 @contextlib.contextmanager
 def pipeline_run(params: Params, name: str = "pipeline", tags: dict[str, str] | None = None) -> Iterator[str]:
-    """The parent run, exported to stages (child processes too) via ALIGNFLOW_PARENT_RUN_ID."""
-    run_id = start_pipeline_run(params, name, tags)
+    """The parent run, exported to stages (child processes too) via ALIGNFLOW_PARENT_RUN_ID.
+    This process owns it (its pid is on the run): if it is killed, the next pipeline run marks
+    the parent KILLED. (The DAG's parent outlives the task that created it: not owned.)"""
+    run_id = start_pipeline_run(params, name, {**owner_tags(), **(tags or {})})
     previous = os.environ.get(PARENT_ENV)
     os.environ[PARENT_ENV] = run_id
     status = "FAILED"

@@ -161,9 +161,8 @@ def test_source_that_yields_nothing_is_an_error_naming_it(project):
     write_jsonl(project.path / "good.jsonl", [{"prompt": "hello there"}])
     with pytest.raises(InputError, match=r"collect.sources\[1\] \(bad, bad.jsonl\): yielded no records \(malformed_json: 1, schema: 1\)"):
         _collect(project, [{"path": "good.jsonl", "format": "prompts"}, {"path": "bad.jsonl", "format": "prompts"}])
-    # the rejects are written anyway, so the user can see why
-    rejects = read_jsonl(project.path / "data/raw/rejects.jsonl")
-    assert [r["reason"] for r in rejects] == ["malformed_json", "schema"]
+    # nothing is written on failure (the first reject is in the error)
+    assert not (project.path / "data/raw").exists()
 
 
 def test_missing_path_and_empty_sources(project):

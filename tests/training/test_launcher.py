@@ -19,6 +19,7 @@ from alignflow.training.launcher import (
     NonFiniteLossError,
     TrainingError,
     config_digest,
+    discard_finished_runs,
     resume_checkpoint,
     run_training,
 )
@@ -48,8 +49,21 @@ def test_local_mode_runs_in_process_and_returns_rank_zero_value(tmp_path):
     # The run dir is named by a digest of the loop config (same config -> same dir -> resume) ...
     assert Path(value["run_dir"]).parent.name == f"unit-{config_digest({'steps': 3})}"
     assert result.metrics == {"step": 2, "rank": 0}
-    # ... and removed after a successful run.
-    assert not Path(value["run_dir"]).parent.exists()
+    # ... kept until the stage says its outputs and tracking succeeded, then removed.
+    run_dir = Path(value["run_dir"]).parent
+    assert run_dir.exists()
+    killed = run_dir.with_name("unit-0123456789")  # the same training, other params, killed
+    alive = run_dir.with_name("unit-abcdefabcd")   # ... and one another process is still running
+    for other, pid in ((killed, _dead_pid()), (alive, os.getpid())):
+        other.mkdir()
+        (other / "owner.json").write_text(json.dumps({"pid": pid}))
+    discard_finished_runs()
+    assert not run_dir.exists() and not killed.exists() and alive.exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
 
 
 def _failing_loop(config):

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError, model_validator
 
 from alignflow.config.base import Section
@@ -23,6 +22,7 @@ from alignflow.config.evaluation import EvalParams
 from alignflow.config.orchestration import OrchestrationParams
 from alignflow.config.rlhf import AlignParams, RankParams, SampleParams
 from alignflow.config.training import RewardParams, SFTParams
+from alignflow.io import InputError, read_yaml
 
 PARAMS_FILE = "params.yaml"
 
@@ -118,9 +118,9 @@ def load_params(path: str | os.PathLike = PARAMS_FILE, overrides: dict[str, Any]
     if not path.exists():
         raise ParamsError(f"{path}: not found (run from the project root, or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+        raw = read_yaml(path) or {}
+    except InputError as err:  # not YAML, not UTF-8, or a key given twice (the last would win silently)
+        raise ParamsError(str(err)) from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections")
     for key, value in (overrides or {}).items():

@@ -27,6 +27,8 @@ class RayParams(Section):
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 2})
     storage_path: str = ".ray_results"
+    # use_gpu on a cluster: how long to wait for GPU nodes (an autoscaler may add them) before failing
+    gpu_wait_s: float = Field(300, gt=0)
 
 
 class TrackingParams(Section):

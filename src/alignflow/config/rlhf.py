@@ -15,13 +15,21 @@ AlignMethod = Literal["dpo", "ppo", "grpo", "rloo", "kto", "best_of_n"]
 
 class SampleParams(Section):
     k: int = Field(4, ge=1, description="responses per prompt")
-    temperature: float = Field(0.8, ge=0.0, description="0 = greedy (then k > 1 repeats itself)")
+    temperature: float = Field(0.8, ge=0.0, description="0 = greedy (needs k = 1: k greedy samples are one response)")
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(96, ge=1)
     seed: int | None = Field(None, description="null = the top-level seed")
     max_prompts: int | None = Field(None, ge=1, description="cap on prompts from prompts_train.jsonl; null = all")
     batch_size: int = Field(16, ge=1, description="sequences per generate() call (prompts × k)")
     backend: Literal["auto", "hf", "vllm"] = Field("auto", description="auto = vLLM when importable and on a GPU")
+
+    @model_validator(mode="after")
+    def _greedy_needs_one(self):
+        # Greedy decoding gives k copies of one response: rank would find only ties and fail two stages on.
+        if self.temperature == 0 and self.k > 1:
+            raise ValueError(f"sample.temperature=0 (greedy) with sample.k={self.k} samples the same response "
+                             f"{self.k} times; set sample.temperature > 0 or sample.k = 1")
+        return self
 
 
 class ReferenceJudgeParams(Section):
@@ -124,6 +132,8 @@ class PPOParams(Section):
     lam: float = Field(0.95, ge=0, le=1)
     clip_range: float = Field(0.2, gt=0)
     clip_range_value: float = Field(0.2, gt=0)
+    dual_clip_c: float | None = Field(None, gt=1, description="dual clip: cap the loss of A < 0 at -A·c (verl's "
+                                      "clip_ratio_c, typically 3); null = off")
     vf_coef: float = Field(0.1, ge=0)
     entropy_coef: float = Field(0.0, ge=0)
     missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the score of responses with no EOS")
@@ -172,4 +182,7 @@ class AlignParams(Section):
             problems.append("max_prompt_length: must be below align.max_length")
         if self.method == "ppo" and self.ppo.mini_batch_size > self.ppo.rollout_batch_size:
             problems.append("ppo.mini_batch_size: must not exceed align.ppo.rollout_batch_size")
+        if self.method == "best_of_n" and self.best_of_n.n > 1 and params.sample.temperature == 0:
+            problems.append(f"best_of_n.n: {self.best_of_n.n} samples at sample.temperature=0 (greedy) are the same "
+                            "response; set sample.temperature > 0 or align.best_of_n.n = 1")
         return problems

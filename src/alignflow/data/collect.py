@@ -1,8 +1,10 @@
 """collect: every source in `collect.sources` -> canonical records with provenance in data/raw/.
 
 Outputs (atomic): conversations.jsonl, preferences.jsonl, prompts.jsonl, rejects.jsonl (malformed
-lines and rows that do not fit their format, with file:line) and sources.json (each source's
-task, weight, license and counts: format reads the weights from it for mixing).
+lines, lines that are not UTF-8 or hold a lone surrogate, rows that do not fit their format, with
+file:line) and sources.json (each source's task, weight, license and counts: format reads the
+weights from it for mixing). Every source is read and checked before anything is written: a
+failed collect leaves the previous data/raw as it was.
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ def _check_dvc_deps(params: Params, dvc_yaml: Path = Path("dvc.yaml")) -> None:
                          "run `alignflow sync-deps` (alignflow repro and the Airflow DAG do it for you)")
 
 
+def empty_source_error(i: int, m: dict[str, Any], first_reject: dict | None) -> InputError:
+    """A source that yields nothing is a configuration error, not an empty dataset. It is raised
+    before anything is written, so the previous data/raw stays; the first reject shows why."""
+    reasons = ", ".join(f"{k}: {v}" for k, v in m["reject_reasons"].items()) or "no rows"
+    first = f"; first reject: {first_reject['detail']}" if first_reject else ""
+    return InputError(f"collect.sources[{i}] ({m['name']}, {m['location']}): yielded no records ({reasons}){first}; "
+                      f"{RAW_DIR} was left as it was")
+
+
 def run(params: Params, tracker) -> dict[str, Any]:
     sources = params.collect.sources
     if not sources:
@@ -71,26 +82,18 @@ def run(params: Params, tracker) -> dict[str, Any]:
     out: dict[str, list[dict]] = {k: [] for k in KINDS}
     manifest = []
     for i, src in enumerate(sources):
+        start = len(rejects)
         counts = collect_source(src, f"collect.sources[{i}] ({src.label})", out, rejects)
         manifest.append(source_manifest(src, counts))
         log.info("collect %s: %d records, %d rejected", src.label, counts["records"], counts["rejected"])
+        if counts["records"] == 0:
+            raise empty_source_error(i, manifest[-1], rejects.rows[start] if len(rejects) > start else None)
 
     with atomic_dir(RAW_DIR) as tmp:
         for kind in KINDS:
             write_jsonl(tmp / f"{kind}.jsonl", out[kind])
         rejects.write(tmp / "rejects.jsonl")
         write_json(tmp / "sources.json", manifest)
-
-    # A source that yields nothing is a configuration error, not an empty dataset; the rejects
-    # file is written first so the user can see why.
-    empty = [(i, m) for i, m in enumerate(manifest) if m["records"] == 0]
-    if empty:
-        i, m = empty[0]
-        reasons = ", ".join(f"{k}: {v}" for k, v in m["reject_reasons"].items()) or "no rows"
-        raise InputError(
-            f"collect.sources[{i}] ({m['name']}, {m['location']}): yielded no records ({reasons}); "
-            f"see {RAW_DIR / 'rejects.jsonl'}"
-        )
 
     metrics: dict[str, Any] = {f"{k}": len(out[k]) for k in KINDS}
     metrics["rejected"] = len(rejects)

@@ -8,7 +8,8 @@
 - Outputs are TRL's conversational formats: SFT `messages`, preference `prompt/chosen/rejected`
   message lists, prompt records for sampling/PPO/eval with a `reference` when there is one.
 - Lengths are counted with the configured model's tokenizer and chat template; over-long
-  examples are truncated (the answer is cut) or dropped by `format.over_long`.
+  examples are truncated (the answer is cut) or dropped by `format.over_long`; every drop goes
+  to data/formatted/rejects.jsonl with its file, id and length, as in the other stages.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import xxhash
 from alignflow.config import Params
 from alignflow.config.data import OUTPUT_FILES, FormatParams, SplitParams
 from alignflow.data.sources import prompt_record
-from alignflow.io import InputError, atomic_dir, read_jsonl, write_json, write_jsonl
+from alignflow.io import InputError, RejectWriter, atomic_dir, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 CLEAN_DIR, OUT_DIR = Path("data/clean"), Path("data/formatted")
@@ -157,11 +158,19 @@ def load_tokenizer(spec: str):
 
 
 class LengthChecker:
-    """Token counts with the chat template; cuts the last answer of over-long examples."""
+    """Token counts with the chat template; cuts the last answer of over-long examples, rejects the rest."""
 
-    def __init__(self, tokenizer, max_length: int, max_prompt_length: int, policy: str):
+    def __init__(self, tokenizer, max_length: int, max_prompt_length: int, policy: str, rejects: RejectWriter | None = None):
         self.tok, self.max_length, self.max_prompt_length, self.policy = tokenizer, max_length, max_prompt_length, policy
         self.counts: dict[str, Counter] = defaultdict(Counter)
+        self.rejects = rejects if rejects is not None else RejectWriter("format")
+
+    def drop(self, ex: dict, name: str, n: int, limit: str, why: str = "") -> tuple[None, int]:
+        """Count an over-long example and keep it as a reject naming the file, id and limit."""
+        self.counts[name]["dropped_over_long"] += 1
+        detail = f"{name}: {ex['id']}: {n} tokens > format.{limit} {getattr(self, limit)}"
+        self.rejects.add(ex, "over_long", f"{detail} ({why})" if why else detail)
+        return None, n
 
     def n_tokens(self, messages: list[dict], generation_prompt: bool = False) -> int:
         text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -185,25 +194,26 @@ class LengthChecker:
         if n <= self.max_length:
             return ex, n
         if self.policy == "drop":
-            self.counts[name]["dropped_over_long"] += 1
-            return None, n
+            return self.drop(ex, name, n, "max_length")
         cut = self.cut_answer(ex["messages"], self.max_length)
-        self.counts[name]["truncated" if cut else "dropped_over_long"] += 1
-        return ({**ex, "messages": cut}, self.n_tokens(cut)) if cut else (None, n)
+        if cut is None:
+            return self.drop(ex, name, n, "max_length", "the answer cannot be cut to fit")
+        self.counts[name]["truncated"] += 1
+        return {**ex, "messages": cut}, self.n_tokens(cut)
 
     def preference(self, ex: dict, name: str) -> tuple[dict | None, int]:
         lens = [self.n_tokens(ex["prompt"] + ex[k]) for k in ("chosen", "rejected")]
         if max(lens) <= self.max_length:
             return ex, max(lens)
-        if self.policy == "drop" or self.n_tokens(ex["prompt"], True) >= self.max_length - 8:
-            self.counts[name]["dropped_over_long"] += 1
-            return None, max(lens)
+        if self.policy == "drop":
+            return self.drop(ex, name, max(lens), "max_length")
+        if self.n_tokens(ex["prompt"], True) >= self.max_length - 8:
+            return self.drop(ex, name, max(lens), "max_length", "the prompt leaves no room for an answer")
         out = dict(ex)
         for k in ("chosen", "rejected"):
             cut = self.cut_answer(ex["prompt"] + ex[k], self.max_length)
             if cut is None:
-                self.counts[name]["dropped_over_long"] += 1
-                return None, max(lens)
+                return self.drop(ex, name, max(lens), "max_length", f"the {k} answer cannot be cut to fit")
             out[k] = cut[len(ex["prompt"]):]
         self.counts[name]["truncated"] += 1
         return out, max(self.n_tokens(out["prompt"] + out[k]) for k in ("chosen", "rejected"))
@@ -212,8 +222,7 @@ class LengthChecker:
         # A cut question is a different question: over-long prompts are always dropped.
         n = self.n_tokens(ex["prompt"], generation_prompt=True)
         if n > self.max_prompt_length:
-            self.counts[name]["dropped_over_long"] += 1
-            return None, n
+            return self.drop(ex, name, n, "max_prompt_length")
         return ex, n
 
 
@@ -266,7 +275,8 @@ def run(params: Params, tracker) -> dict[str, Any]:
     conversations, preferences, prompts = (read_clean(k) for k in ("conversations", "preferences", "prompts"))
     outputs = build_outputs(conversations, preferences, prompts, p, seed)
     weights = task_weights()
-    checker = LengthChecker(load_tokenizer(params.model.base), p.max_length, p.max_prompt_length, p.over_long)
+    rejects = RejectWriter("format")
+    checker = LengthChecker(load_tokenizer(params.model.base), p.max_length, p.max_prompt_length, p.over_long, rejects)
     check = {"sft": checker.sft, "prefs": checker.preference, "prompts": checker.prompt}
 
     stats: dict[str, Any] = {"model": params.model.base, "max_length": p.max_length,
@@ -298,6 +308,7 @@ def run(params: Params, tracker) -> dict[str, Any]:
         for name, rows in final.items():
             write_jsonl(tmp / f"{name}.jsonl", rows)
         write_jsonl(tmp / "eval_prompts.jsonl", [prompt_example(r, p.system_prompt) for r in eval_prompts])
+        rejects.write(tmp / "rejects.jsonl")
         write_json(tmp / "stats.json", stats)
 
     tracker.log_artifact(OUT_DIR / "stats.json")

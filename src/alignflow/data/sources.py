@@ -8,7 +8,6 @@ yields `(record | None, origin, reason)` so the caller can write rejects with fi
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 import os
 import re
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alignflow.config.data import SourceParams
-from alignflow.io import InputError, content_id
+from alignflow.io import InputError, content_id, iter_json_lines, read_text, unicode_error
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
@@ -259,33 +258,30 @@ def resolve_paths(path: str, where: str) -> list[Path]:
     return files
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else open(path, encoding="utf-8")
-
-
 def iter_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
-    """(origin 'file:line', row, error) for a JSON Lines file or a JSON array (origin: file:record#)."""
-    is_json_array = path.name.endswith((".json", ".json.gz"))
-    with _open(path) as fh:
-        if is_json_array:
-            try:
-                data = json.load(fh)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-            if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-                data = next(iter(data.values()))  # {"data": [...]}
-            if not isinstance(data, list):
-                raise InputError(f"{path}: a .json source must hold a list of records, got {type(data).__name__}")
-            for i, row in enumerate(data, 1):
+    """(origin 'file:line', row, error) for a JSON Lines file or a JSON array (origin: file:record#).
+
+    A bad line (not UTF-8, not JSON, a lone surrogate) or a bad array record comes back as its
+    text with the error, so it is rejected alone; a JSON array that cannot be parsed is an error.
+    """
+    if path.name.endswith((".json", ".json.gz")):
+        try:
+            data = json.loads(read_text(path))
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))  # {"data": [...]}
+        if not isinstance(data, list):
+            raise InputError(f"{path}: a .json source must hold a list of records, got {type(data).__name__}")
+        for i, row in enumerate(data, 1):
+            bad = unicode_error(row)
+            if bad:  # the reject keeps the row as ASCII JSON: its \u escape can be written
+                yield f"{path}:{i}", json.dumps(row)[:2000], f"encoding: {bad}"
+            else:
                 yield f"{path}:{i}", row, None
-            return
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line), None
-            except json.JSONDecodeError as err:
-                yield f"{path}:{lineno}", line.rstrip("\n")[:2000], f"malformed_json: not valid JSON ({err.msg})"
+        return
+    for lineno, row, error, text in iter_json_lines(path):
+        yield f"{path}:{lineno}", (text.rstrip("\r\n")[:2000] if error else row), error
 
 
 def iter_hf_rows(src: SourceParams, where: str) -> Iterator[tuple[str, Any, str | None]]:

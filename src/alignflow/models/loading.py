@@ -3,6 +3,11 @@
 The tokenizer always carries a chat template (the model's own, else ChatML) and a pad token,
 and `save_model_dir` writes that template next to the weights: the template a model was trained
 with is the one it is sampled and evaluated with.
+
+Secure by default (docs/SECURITY.md): weights load from safetensors only (`use_safetensors=True`;
+a pickled `*.bin` checkpoint or adapter is refused, never unpickled), and a model's own Python code
+runs only with `trust_remote_code=True`, which every loader takes as a keyword-only bool that
+defaults to False; the stages pass the typed `model.trust_remote_code` param (default false).
 """
 
 from __future__ import annotations
@@ -34,6 +39,20 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 DTYPES = {"float32", "bfloat16", "float16"}
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what PeftModel.save_pretrained writes
+_warned_remote_code = False
+
+
+def check_trust_remote_code(trust_remote_code: Any) -> bool:
+    """`trust_remote_code` as given, if it is a real bool: a string such as "false" is truthy and
+    would quietly run the model repository's code, so anything else is refused."""
+    global _warned_remote_code
+    if not isinstance(trust_remote_code, bool):
+        raise TypeError(f"trust_remote_code must be a bool (model.trust_remote_code), got {trust_remote_code!r}")
+    if trust_remote_code and not _warned_remote_code:
+        _warned_remote_code = True
+        log.warning("trust_remote_code=True: the model repository's own Python code will run in this process")
+    return trust_remote_code
 
 
 def resolve_dtype(dtype: str | Any = "auto"):
@@ -76,9 +95,13 @@ def load_tokenizer(spec_or_path: str, *, trust_remote_code: bool = False, paddin
     """The tokenizer of any model spec, with a chat template and a pad token."""
     from transformers import AutoTokenizer
 
+    check_trust_remote_code(trust_remote_code)
     path = Path(spec_or_path)
     # A models/* dir carries the tokenizer (and template) it was trained with: prefer it.
-    source = str(path) if path.is_dir() and (path / "tokenizer_config.json").exists() else resolve_spec(spec_or_path)
+    if path.is_dir() and (path / "tokenizer_config.json").exists():
+        source = str(path)
+    else:
+        source = resolve_spec(spec_or_path, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     return prepare_tokenizer(tokenizer, padding_side)
 
@@ -96,6 +119,7 @@ def load_model_dir(path: Path, meta: dict, *, dtype="auto", trust_remote_code: b
     """A models/* dir: base (a spec) + PEFT adapter -> PeftModel, or full weights."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    check_trust_remote_code(trust_remote_code)
     kind = meta.get("kind", "causal_lm")
     if kind not in ("causal_lm", "reward"):
         raise ModelSpecError(f"{path}/{META_FILE}: kind {kind!r} is not a loadable model (causal_lm, reward)")
@@ -110,12 +134,17 @@ def load_model_dir(path: Path, meta: dict, *, dtype="auto", trust_remote_code: b
             raise ModelSpecError(f"{path}/{META_FILE}: an adapter needs its 'base' model spec")
         base_ref = resolve_base_ref(meta["base"], path)
         check_base_digest(meta, base_ref, path)
-        base_dir = resolve_spec(base_ref)
-        base = auto.from_pretrained(base_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra)
+        if not (path / ADAPTER_WEIGHTS).exists():
+            # PEFT would fall back to a pickled adapter_model.bin: safetensors only.
+            raise ModelSpecError(f"{path}: no {ADAPTER_WEIGHTS} (only safetensors adapters are loaded)")
+        base_dir = resolve_spec(base_ref, trust_remote_code=trust_remote_code)
+        base = auto.from_pretrained(base_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                    use_safetensors=True, **extra)
         _sync_pad(base, tokenizer)
         model = PeftModel.from_pretrained(base, str(path))
     else:
-        model = auto.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra)
+        model = auto.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                     use_safetensors=True, **extra)
         _sync_pad(model, tokenizer)
     return model.to(_device(device)), tokenizer
 
@@ -127,15 +156,18 @@ def load_causal_lm(spec_or_path: str, *, dtype="auto", trust_remote_code: bool =
     """
     from transformers import AutoModelForCausalLM
 
+    check_trust_remote_code(trust_remote_code)
     path = Path(spec_or_path)
     meta = read_meta(path) if path.is_dir() else None
     if meta is not None:
         if meta.get("kind") == "reward":
             raise ModelSpecError(f"{path}: is a reward model; use load_reward_model")
         return load_model_dir(path, meta, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
-    local = resolve_spec(spec_or_path)
+    local = resolve_spec(spec_or_path, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(local, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(local, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        local, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+    )
     _sync_pad(model, tokenizer)
     return model.to(_device(device)), tokenizer
 
@@ -148,14 +180,16 @@ def load_reward_model(path_or_spec: str, *, dtype="auto", trust_remote_code: boo
     """
     from transformers import AutoModelForSequenceClassification
 
+    check_trust_remote_code(trust_remote_code)
     path = Path(path_or_spec)
     meta = read_meta(path) if path.is_dir() else None
     if meta is not None and meta.get("kind") == "reward":
         return load_model_dir(path, meta, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
-    local = resolve_spec(path_or_spec)  # merges a models/sft adapter into a cached copy
+    # Merges a models/sft adapter into a cached copy.
+    local = resolve_spec(path_or_spec, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(str(path) if meta is not None else local, trust_remote_code=trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
-        local, num_labels=1, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+        local, num_labels=1, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
     )
     _sync_pad(model, tokenizer)
     return model.to(_device(device)), tokenizer

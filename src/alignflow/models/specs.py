@@ -13,6 +13,11 @@ A spec is one of
 Everything materialized lives under `$ALIGNFLOW_CACHE/models/<key>/` (default
 ~/.cache/alignflow), keyed by the hash of what it was built from, written into a temp dir and
 renamed, under a file lock so two processes (two Ray workers, two stages) never convert at once.
+
+Safetensors only: a model directory must hold `*.safetensors` weights and a hub download fetches
+no pickled checkpoint; a hub model's own `*.py` code is fetched only with `trust_remote_code=True`
+(docs/SECURITY.md). Internal loads (GGUF conversion, tiny models, adapter merges) never trust
+remote code.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ TINY_ARCHS = ("llama", "qwen2", "gpt2")
 TINY_SEED = 1234
 # Tiny models see at most this many tokens (profiles/smoke.yaml lengths stay below it).
 TINY_CONTEXT = 1024
+# What a hub download fetches: config, safetensors weights, tokenizer, chat templates.
+HUB_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
 
 
 class ModelSpecError(ValueError):
@@ -136,8 +143,10 @@ def _build_from_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # GGUF is a plain tensor format (no pickle); it is converted to safetensors below.
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                  trust_remote_code=False)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config.
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -158,7 +167,7 @@ def embedded_tokenizer_dir(name: str = "smollm2-135m-instruct") -> Path:
     def build(out: Path) -> None:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False).save_pretrained(out)
 
     return materialize(f"tokenizer-{name}-{_gguf_hash(gguf)[:16]}-v{CACHE_VERSION}", build)
 
@@ -200,7 +209,7 @@ def resolve_tiny(arch: str) -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)
         config = tiny_config(arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
                              tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         with torch.random.fork_rng(devices=[]):
@@ -279,7 +288,8 @@ def resolve_adapter_dir(path: Path, meta: dict) -> Path:
     def build(out: Path) -> None:
         from alignflow.models.loading import load_model_dir
 
-        model, tokenizer = load_model_dir(path, meta, dtype="float32", device="cpu")
+        # Adapters are made by this pipeline on its own architectures: no remote code.
+        model, tokenizer = load_model_dir(path, meta, dtype="float32", trust_remote_code=False, device="cpu")
         merged = model.merge_and_unload()
         merged.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
@@ -287,8 +297,23 @@ def resolve_adapter_dir(path: Path, meta: dict) -> Path:
     return materialize(key, build)
 
 
-def resolve_spec(spec: str) -> str:
-    """A local directory with config + safetensors + tokenizer for any model spec."""
+def _require_safetensors(path: Path, spec: str) -> None:
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        raise ModelSpecError(
+            f"{spec}: no *.safetensors weights in {path}"
+            + (f" (found {', '.join(pickled)}: pickled checkpoints are never loaded, convert them to safetensors)"
+               if pickled else "")
+        )
+
+
+def resolve_spec(spec: str, *, trust_remote_code: bool = False) -> str:
+    """A local directory with config + safetensors + tokenizer for any model spec.
+
+    A hub model's `*.py` files (its remote code) are downloaded only with `trust_remote_code=True`.
+    """
+    if not isinstance(trust_remote_code, bool):
+        raise TypeError(f"trust_remote_code must be a bool (model.trust_remote_code), got {trust_remote_code!r}")
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(f"model spec must be a non-empty string (got {spec!r})")
     spec = spec.strip()
@@ -303,20 +328,25 @@ def resolve_spec(spec: str) -> str:
             return str(resolve_adapter_dir(path, meta))
         if not (path / "config.json").exists():
             raise ModelSpecError(f"{spec}: a directory without config.json is not a model directory")
+        _require_safetensors(path, spec)
         return str(path.resolve())
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelSpecError(
             f"{spec}: no such model directory (model specs: embedded:<name>, tiny:<arch>, a hub id, a local path)"
         )
+    # Never a pickled checkpoint (*.bin, *.pt); code (*.py) only for a model that is trusted to run it.
+    patterns = HUB_FILES + (("*.py",) if trust_remote_code else ())
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"])
+        local = snapshot_download(spec, allow_patterns=list(patterns))
     except Exception as err:  # offline, unknown repo, gated...
         raise ModelSpecError(
             f"{spec}: not a local directory and could not be fetched from the Hugging Face hub "
             f"({type(err).__name__}: {err}); with HF_HUB_OFFLINE=1 only models already in the HF cache load"
         ) from None
+    _require_safetensors(Path(local), spec)
+    return local
 
 
 def context_length(spec: str) -> int | None:

@@ -12,11 +12,10 @@ plots/align_{reward,kl}.csv the steps that logged each, which `dvc plots` draws.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
-from alignflow import paths
+from alignflow import paths, scratch
 from alignflow.config import Params
 from alignflow.io import InputError
 
@@ -85,8 +84,7 @@ def run(params: Params, tracker) -> dict[str, Any]:
     method = params.align.method
     # offline methods learn from the ranked pairs, online ones sample on the training prompts
     common.log_datasets(tracker, [PREFS_TRAIN if method in ("dpo", "kto") else PROMPTS])
-    staging = OUTPUT.with_name(".policy.staging")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = scratch.staging_dir(OUTPUT)
     if method == "best_of_n":
         from alignflow.rlhf.best_of_n import run_best_of_n
         from alignflow.rlhf.sample import load_prompts

@@ -8,22 +8,55 @@ Curve columns (plots/align_curve.csv, MLflow metrics with step), the same names 
   (an offline proxy: the responses were not sampled from the policy);
 - entropy: mean per-token entropy of the policy on the step's responses;
 - response_length: mean response tokens of the step (sampled, or the preference data's).
+
+Non-finite guard: a NaN/inf reward, loss or gradient norm stops every method with an error that
+names the quantity and the step, before the optimizer step (PPO) or before the checkpoint (TRL),
+so no run exits 0 with a NaN policy (`check_finite`, `finite_guard_callback`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from alignflow.training.launcher import RUN_ID_ENV, MetricsSink
 
 log = logging.getLogger(__name__)
 
 CURVE_COLUMNS = ["reward", "kl", "entropy", "response_length", "loss", "accuracy", "kl_coef", "learning_rate"]
+# Logged quantities a TRL run must never carry as NaN/inf (other keys may be undefined on a step).
+GUARDED_LOG_KEYS = ("loss", "grad_norm", "reward", "kl", "rewards/margins")
+NONFINITE_HINT = ("lower align.learning_rate, check the reward model's scores (models/reward) and the data "
+                  "for empty responses, or use model.dtype float32")
+
+
+def check_finite(where: str, **values) -> None:
+    """Raise NonFiniteLossError naming every given quantity (number or tensor) that holds NaN/inf."""
+    import torch
+
+    bad = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        t = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value, dtype=torch.float64).flatten()
+        nonfinite = ~torch.isfinite(t)
+        if nonfinite.any():
+            first = int(nonfinite.nonzero()[0])
+            count = f"{name} non-finite at {int(nonfinite.sum())} of {t.numel()} (first: index {first}, "
+            bad.append(f"{name} = {t[first].item()}" if t.numel() == 1 else f"{count}{t[first].item()})")
+    if bad:
+        raise nonfinite_error(where, bad)
+
+
+def nonfinite_error(where: str, problems: list[str]):
+    from alignflow.training.launcher import NonFiniteLossError  # kept by the launcher through Ray's wrappers
+
+    return NonFiniteLossError(f"{where}: {'; '.join(problems)} — stopped before it reaches a checkpoint; "
+                              f"{NONFINITE_HINT}")
 
 
 def normalize_logs(logs: dict[str, Any], method: str, beta: float | None = None) -> dict[str, float]:
@@ -50,36 +83,18 @@ def normalize_logs(logs: dict[str, Any], method: str, beta: float | None = None)
     return out
 
 
-class MetricsLogger:
-    """Rank 0: per-step metrics into the stage's MLflow run (by id, from any worker) and a history."""
+class MetricsLogger(MetricsSink):
+    """Rank 0 of a hand-written loop (PPO): the launcher's MetricsSink (history + asynchronous
+    MLflow logging) and one log line per step."""
 
     def __init__(self, rank_zero: bool, run_id: str | None = None):
-        from alignflow.training.launcher import RUN_ID_ENV
+        super().__init__(run_id or os.environ.get(RUN_ID_ENV), rank_zero)
 
-        self.rank_zero = rank_zero
-        self.run_id = (run_id or os.environ.get(RUN_ID_ENV)) if rank_zero else None
-        self.history: list[dict] = []
-        self._client = None
-
-    def log(self, metrics: dict[str, Any], step: int) -> None:
-        if not self.rank_zero:
-            return
-        numeric = {k: float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
-        self.history.append({"step": step, **numeric})
-        log.info("step %d: %s", step, ", ".join(f"{k}={numeric[k]:.4g}" for k in CURVE_COLUMNS if k in numeric))
-        if not self.run_id:
-            return
-        try:
-            import mlflow
-            from mlflow.entities import Metric
-
-            if self._client is None:
-                self._client = mlflow.MlflowClient()
-            now = int(time.time() * 1000)
-            self._client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in numeric.items()])
-        except Exception as err:  # tracking is best effort: never kill a training run over it
-            log.warning("MLflow logging failed at step %s: %s", step, err)
+    def log(self, metrics: dict[str, Any], step: int) -> dict[str, float]:
+        numeric = super().log(metrics, step)
+        if self.rank_zero:
+            log.info("step %d: %s", step, ", ".join(f"{k}={numeric[k]:.4g}" for k in CURVE_COLUMNS if k in numeric))
+        return numeric
 
 
 def report_checkpoint(checkpoint_dir: str | os.PathLike | None, metrics: dict[str, Any]) -> None:
@@ -114,6 +129,26 @@ def curve_callback(method: str, beta: float | None, lengths: "LengthMeter | None
                     logs["response_length"] = mean
 
     return AlignCurveCallback()
+
+
+def finite_guard_callback():
+    """A TrainerCallback that stops a TRL run on a NaN/inf loss, grad norm, reward or KL, or on a
+    trainable weight gone non-finite: at the step's end and log, both before its checkpoint."""
+    import torch
+    from transformers import TrainerCallback
+
+    class FiniteGuardCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            params = [(n, p) for n, p in (model.named_parameters() if model is not None else []) if p.requires_grad]
+            if params and not torch.stack([torch.isfinite(p).all() for _, p in params]).all():  # one sync
+                bad = next(n for n, p in params if not torch.isfinite(p).all())
+                raise nonfinite_error(f"step {state.global_step}", [f"trainable weight {bad} holds NaN/inf"])
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            values = {k: v for k, v in (logs or {}).items() if k in GUARDED_LOG_KEYS and isinstance(v, (int, float))}
+            check_finite(f"step {state.global_step}", **values)
+
+    return FiniteGuardCallback()
 
 
 class LengthMeter:

@@ -6,7 +6,8 @@ against hand-computed values (tests/rlhf/test_core_algos.py) and the PPO loop (p
 them together. Conventions follow InstructGPT (Ouyang et al. 2022) and "The N Implementation
 Details of RLHF with PPO" (Huang et al. 2024): reward-model score at the last response token,
 a per-token KL penalty against the frozen reference, GAE over the response, whitened advantages,
-clipped policy and value losses.
+clipped policy and value losses. Guards as in verl: the log-ratio is clamped to ±20 before exp, the
+k3 KL estimate to ±10, and an optional dual clip bounds the loss of negative advantages.
 
 Registries let params pick an estimator by name (`align.ppo.kl_estimator`, `policy_loss`,
 `advantage_estimator`); new variants register themselves with a decorator.
@@ -143,11 +144,15 @@ def kl_k2(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logprob - ref_logprob) ** 2
 
 
+LOG_RATIO_CLAMP = 20.0  # |log π/π'| cap before exp (verl): exp(20) ≈ 5e8 stays finite in fp32
+K3_CLAMP = 10.0  # cap of the k3 estimate per token (verl, OpenRLHF): one wild token cannot dominate
+
+
 @register_kl_estimator("k3")
 def kl_k3(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
-    """q/p - 1 - log(q/p): unbiased and always >= 0 (the "low-variance" estimator)."""
-    log_ratio = (ref_logprob - logprob).clamp(-20.0, 20.0)  # exp overflow guard
-    return torch.exp(log_ratio) - log_ratio - 1.0
+    """q/p - 1 - log(q/p): unbiased and always >= 0 (the "low-variance" estimator), clamped to ±10."""
+    log_ratio = (ref_logprob - logprob).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return (torch.exp(log_ratio) - log_ratio - 1.0).clamp(-K3_CLAMP, K3_CLAMP)
 
 
 KL_ESTIMATORS["low_var_kl"] = kl_k3
@@ -306,6 +311,19 @@ def compute_grpo_advantage(scores: torch.Tensor, group_size: int, eps: float = 1
 # --------------------------------------------------------------------------------------------
 
 
+def _ratio_and_kl(old_logprob: torch.Tensor, logprob: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(r = π_new/π_old with the log-ratio clamped before exp, k3 estimate of KL(old‖new)).
+
+    The tokens were sampled from π_old, so E_old[(r − 1) − log r] = KL(old‖new): how far the
+    update moved the policy (≥ 0 per token, unlike the naive mean of −log r).
+    """
+    log_ratio = (logprob - old_logprob).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    with torch.no_grad():
+        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask).item()
+    return ratio, approx_kl
+
+
 @register_policy_loss("ppo_clip")
 def clipped_policy_loss(
     old_logprob: torch.Tensor,
@@ -313,29 +331,36 @@ def clipped_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float = 0.2,
+    dual_clip_c: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO's clipped surrogate (Schulman et al. 2017): mean over tokens of max(−A·r, −A·clip(r, 1±ε))."""
-    log_ratio = logprob - old_logprob
-    ratio = torch.exp(log_ratio)
+    """PPO's clipped surrogate (Schulman et al. 2017): mean over tokens of max(−A·r, −A·clip(r, 1±ε)).
+
+    `dual_clip_c` (> 1; Ye et al. 2020, verl's clip_ratio_c) also caps the loss of a negative
+    advantage at −A·c: with A < 0 the clipped surrogate grows with r without bound.
+    """
+    ratio, approx_kl = _ratio_and_kl(old_logprob, logprob, mask)
     loss_unclipped = -advantages * ratio
     loss_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
-    with torch.no_grad():
-        stats = {
-            "policy_clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), mask).item(),
-            # k3 estimate of KL(old || new) over the update: how far one epoch moved the policy.
-            "approx_kl": masked_mean(torch.exp(-log_ratio) - 1 + log_ratio, mask).item(),
-        }
-    return loss, stats
+    losses = torch.maximum(loss_unclipped, loss_clipped)
+    stats = {"policy_clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), mask).item(), "approx_kl": approx_kl}
+    if dual_clip_c is not None:
+        if dual_clip_c <= 1.0:
+            raise ValueError(f"dual_clip_c must be > 1 (got {dual_clip_c})")
+        capped = torch.minimum(losses, -advantages * dual_clip_c)
+        negative = advantages < 0
+        stats["policy_clipfrac_lower"] = masked_mean((negative & (capped < losses)).float(), mask).item()
+        losses = torch.where(negative, capped, losses)
+    return masked_mean(losses, mask), stats
 
 
 @register_policy_loss("vanilla_pg")
 def policy_gradient_loss(
-    old_logprob: torch.Tensor, logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float = 0.2
+    old_logprob: torch.Tensor, logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    clip_range: float = 0.2, dual_clip_c: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Unclipped importance-weighted policy gradient (for ablations against ppo_clip)."""
-    ratio = torch.exp(logprob - old_logprob)
-    return masked_mean(-advantages * ratio, mask), {"policy_clipfrac": 0.0}
+    """Unclipped importance-weighted policy gradient (for ablations against ppo_clip; no clip of any kind)."""
+    ratio, approx_kl = _ratio_and_kl(old_logprob, logprob, mask)
+    return masked_mean(-advantages * ratio, mask), {"policy_clipfrac": 0.0, "approx_kl": approx_kl}
 
 
 def clipped_value_loss(

@@ -13,6 +13,8 @@
 
 `Judge.score(prompt, responses, reference=None) -> list[float]` (NaN = no verdict) and
 `Judge.compare(prompt, a, b, reference=None) -> float` (P(a better than b); NaN = no verdict).
+A judge's `compare_scale` is its calibration, score units per Bradley–Terry logit (reference: 0.1);
+`margin_in_logits` turns a score gap into the logit margin the reward model's loss takes.
 """
 
 from __future__ import annotations
@@ -115,6 +117,11 @@ def prompt_text(prompt: Messages) -> str:
 
 def render_conversation(prompt: Messages) -> str:
     return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
+
+
+def margin_in_logits(judge, gap: float) -> float:
+    """A score gap of `judge` in logits of the reward model (−log σ(r_c − r_r − margin)): gap / compare_scale."""
+    return gap / getattr(judge, "compare_scale", 1.0)
 
 
 def _sigmoid(x: float) -> float:
@@ -320,6 +327,7 @@ class LLMJudge:
     """Pairwise LLM judge; every pair is asked as (a, b) and (b, a) and the verdicts averaged."""
 
     name = "llm"
+    compare_scale = 0.25  # scores are mean win probabilities: σ'(0) = 1/4, so a 0.25 gap ≈ one logit near even odds
 
     def __init__(self, backend, max_retries: int = 2):
         self.backend = backend
@@ -403,11 +411,12 @@ class HumanJudge(ScoringJudge):
 SAMPLES_PATH = Path("data/samples/samples.jsonl")
 
 
-def build_judge(name: str, params, samples: list[dict] | None = None) -> Judge:
+def build_judge(name: str, params, samples: list[dict] | None = None, rejects=None) -> Judge:
     """A judge from `rank.*` params (`params` is the full Params or the RankParams section).
 
     `samples` (the human judge only): the sample records the Label Studio tasks were made from;
-    read from data/samples/samples.jsonl when not given.
+    read from data/samples/samples.jsonl when not given. `rejects` (an io.RejectWriter) receives
+    the malformed Label Studio tasks and annotations, each with its reason.
     """
     rank = getattr(params, "rank", params)
     if name == "reference":
@@ -435,6 +444,6 @@ def build_judge(name: str, params, samples: list[dict] | None = None) -> Judge:
         # The tasks are rebuilt from the samples (deterministic ids), so an annotation of a task
         # from other samples is caught even though the previous tasks file was replaced.
         tasks = labelstudio.export_tasks(samples, "ranking") + labelstudio.export_tasks(samples, "pairwise")
-        judgements = labelstudio.import_annotations(rank.human_annotations, tasks)
+        judgements = labelstudio.import_annotations(rank.human_annotations, tasks, rejects)
         return HumanJudge(labelstudio.merge_scores(judgements, tasks))
     raise ValueError(f"unknown judge {name!r}; expected reference, reward_model, llm or human")

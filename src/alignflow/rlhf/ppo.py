@@ -12,7 +12,10 @@ Faithful to InstructGPT (Ouyang et al. 2022) and "The N Implementation Details o
   logits / T too, as the N details advise), score them with the reward model at the last token,
   penalise responses without EOS, subtract β·KL per token (adaptive β, Ziegler et al.), GAE,
   whitened advantages;
-- several PPO epochs of shuffled mini-batches per rollout, clipped policy and value losses;
+- several PPO epochs of shuffled mini-batches per rollout, clipped policy and value losses
+  (optional dual clip, `align.ppo.dual_clip_c`), gradients clipped to `grad_clip`;
+- a NaN/inf reward, loss or gradient norm stops the run with the quantity and the step, before
+  the optimizer step and so before any checkpoint (align_common.check_finite);
 - data-parallel under Ray Train: each worker rolls out its shard of prompts, gradients are
   all-reduced (LoRA + value head are small) and the KL statistic is averaged so every worker
   keeps the same β.
@@ -34,6 +37,7 @@ import torch
 from torch import nn
 
 from alignflow.rlhf import core_algos as ca
+from alignflow.rlhf.align_common import check_finite
 from alignflow.rlhf.generation import eos_token_ids, left_pad
 
 log = logging.getLogger(__name__)
@@ -325,6 +329,7 @@ class PPOTrainer:
             ids_list.append(ids)
             texts.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
         raw = torch.tensor(self.reward_fn(prompts, texts, response_ids=ids_list), dtype=torch.float32, device=self.device)
+        check_finite(f"PPO step {self.step + 1}: reward model", reward=raw)
         scores = ca.apply_missing_eos_penalty(raw, contains_eos, cfg.missing_eos_penalty)
         return Rollout(input_ids, attention_mask, response_mask, context_len, contains_eos, logprobs, ref_logprobs,
                        values, scores, raw, entropy, texts)
@@ -347,7 +352,7 @@ class PPOTrainer:
         stats: dict[str, list[float]] = {}
         n = len(ro)
         order_rng = random.Random(self.seed * 7919 + self.step)
-        for _ in range(cfg.ppo_epochs):
+        for epoch in range(cfg.ppo_epochs):
             order = list(range(n))
             order_rng.shuffle(order)
             for start in range(0, n, cfg.mini_batch_size):
@@ -355,7 +360,9 @@ class PPOTrainer:
                 mb_mask = mask[idx]
                 logprobs, values, logits = self._policy_and_values(ro.input_ids[idx], ro.attention_mask[idx],
                                                                    ro.context_len)
-                pg_loss, pg_stats = self.policy_loss(ro.logprobs[idx], logprobs, advantages[idx], mb_mask, cfg.clip_range)
+                # Old log-probs: the rollout's, fixed over all epochs (recomputing them would make the ratio 1).
+                pg_loss, pg_stats = self.policy_loss(ro.logprobs[idx], logprobs, advantages[idx], mb_mask, cfg.clip_range,
+                                                     dual_clip_c=cfg.dual_clip_c)
                 vf_loss, vf_stats = ca.clipped_value_loss(values, ro.values[idx], returns[idx], mb_mask, cfg.clip_range_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if cfg.entropy_coef:
@@ -364,6 +371,8 @@ class PPOTrainer:
                 loss.backward()
                 self._allreduce_grads()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+                check_finite(f"PPO step {self.step + 1} (epoch {epoch + 1}, mini-batch {start // cfg.mini_batch_size + 1})",
+                             policy_loss=pg_loss, value_loss=vf_loss, loss=loss, grad_norm=grad_norm)
                 self.optimizer.step()
                 for key, value in {"loss": loss.item(), "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                                    "grad_norm": float(grad_norm), **pg_stats, **vf_stats}.items():
@@ -396,14 +405,15 @@ class PPOTrainer:
 
     # -- checkpoints --
     def state_dict(self) -> dict:
+        """Tensors and plain containers/numbers only: loadable with torch.load(weights_only=True)."""
         from peft import get_peft_model_state_dict
 
         return {
-            "adapter": get_peft_model_state_dict(self.model, adapter_name="default"),
-            "value_head": self.value_head.state_dict(),
+            "adapter": dict(get_peft_model_state_dict(self.model, adapter_name="default")),
+            "value_head": dict(self.value_head.state_dict()),
             "optimizer": self.optimizer.state_dict(),
-            "kl_coef": self.kl_ctl.value,
-            "step": self.step,
+            "kl_coef": float(self.kl_ctl.value),
+            "step": int(self.step),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -415,13 +425,16 @@ class PPOTrainer:
         self.kl_ctl.value = state["kl_coef"]
         self.step = state["step"]
 
-    def save_checkpoint(self, run_dir: str | os.PathLike) -> Path:
+    def save_checkpoint(self, run_dir: str | os.PathLike, log_history: list[dict] | None = None) -> Path:
+        """`checkpoint-<step>/`: the state, and (as HF does) the steps logged so far, so a resumed
+        run's curve starts at step 1."""
         path = Path(run_dir) / f"checkpoint-{self.step}"
         tmp = path.with_name(path.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict(), tmp / "ppo_state.pt")
         # Written last: resume_checkpoint takes a dir with trainer_state.json as complete.
-        (tmp / "trainer_state.json").write_text(json.dumps({"global_step": self.step, "kl_coef": self.kl_ctl.value}))
+        (tmp / "trainer_state.json").write_text(json.dumps(
+            {"global_step": self.step, "kl_coef": self.kl_ctl.value, "log_history": log_history or []}))
         if path.exists():
             import shutil
 
@@ -430,7 +443,8 @@ class PPOTrainer:
         return path
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        self.load_state_dict(torch.load(Path(path) / "ppo_state.pt", map_location=self.device, weights_only=False))
+        # weights_only: a checkpoint is data, never code to unpickle.
+        self.load_state_dict(torch.load(Path(path) / "ppo_state.pt", map_location=self.device, weights_only=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,13 +500,16 @@ def ppo_train_loop(config: dict) -> dict[str, Any]:
         log.info("PPO: resumed from %s (step %d)", resume, trainer.step)
     resumed_step = trainer.step
     logger = MetricsLogger(is_rank_zero())
+    if resume:
+        logger.replay(json.loads((Path(resume) / "trainer_state.json").read_text()).get("log_history", []))
     started = time.perf_counter()
     while trainer.step < align.max_steps:
         chunk = prompts_for_step(prompts, trainer.step, align.ppo.rollout_batch_size, params.seed + rank)
         stats = trainer.train_step(chunk)
         logger.log(stats, trainer.step)
         if trainer.step % align.save_steps == 0 or trainer.step == align.max_steps:
-            report_checkpoint(trainer.save_checkpoint(run_dir) if is_rank_zero() else None, stats)
+            report_checkpoint(trainer.save_checkpoint(run_dir, logger.history) if is_rank_zero() else None, stats)
+    logger.close()
     elapsed = time.perf_counter() - started
     history = logger.history
     last = history[-1] if history else {}

@@ -2,11 +2,13 @@
 
 InstructGPT §3.5 turns each labeler ranking of K responses into all K-choose-2 comparisons (and
 trains on all pairs of a prompt together); `rank.pairs: best_vs_worst` keeps only the clearest
-one per prompt. A pair's margin is the judge's score gap; pairs below `rank.min_margin` are
-dropped (gaps at or below `rank.tie_tolerance` count as ties), and so are pairs whose chosen
+one per prompt. Pairs whose judge score gap is below `rank.min_margin` are dropped (gaps at or
+below `rank.tie_tolerance` count as ties; both in judge units), and so are pairs whose chosen
 response was cut off at sample.max_new_tokens (`rank.finished_chosen_only`). Human preference
 pairs from the format stage are mixed in at `rank.human_weight` human pairs per judge pair. With
 two judges the second one's agreement with the first is reported (a cheap check on the judge).
+A judge pair's `margin` is written in reward-model logits, the unit the reward stage's Bradley–Terry
+loss subtracts it in: the score gap divided by the judge's `compare_scale` (reference: 0.1 ≈ 1 logit).
 
 Outputs: data/prefs/{train,val}.jsonl (preference records), data/prefs/kto.jsonl (unpaired
 {"prompt","completion","label"} for KTO), data/prefs/labelstudio_tasks.json (+ the labeling config).
@@ -24,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from alignflow import paths
-from alignflow.io import InputError, atomic_dir, content_id, read_jsonl, write_jsonl
+from alignflow.io import InputError, RejectWriter, atomic_dir, content_id, read_jsonl, write_jsonl
 from alignflow.rlhf import labelstudio
 
 log = logging.getLogger(__name__)
@@ -134,12 +136,13 @@ def score_all(judge, samples: list[dict]) -> list[list[float]]:
 
 
 def run(params, tracker) -> dict:
-    from alignflow.rlhf.judges import build_judge
+    from alignflow.rlhf.judges import build_judge, margin_in_logits
 
     cfg = params.rank
     samples = load_samples(SAMPLES_PATH)
     started = time.perf_counter()
-    judges = [build_judge(name, params, samples) for name in cfg.judge]
+    rejects = RejectWriter("rank")  # malformed human annotations, each with its reason
+    judges = [build_judge(name, params, samples, rejects) for name in cfg.judge]
     all_scores = [score_all(j, samples) for j in judges]
     judge_s = time.perf_counter() - started
 
@@ -150,11 +153,12 @@ def run(params, tracker) -> dict:
         kept, counts = make_pairs(scores, cfg.pairs, cfg.min_margin, cfg.tie_tolerance, can_be_chosen=finished)
         stats.update(counts)
         source = f"{JUDGE_SOURCE}{judges[0].name}"
-        for i, j, margin in kept:
+        for i, j, gap in kept:
             chosen, rejected = assistant(rec["responses"][i]), assistant(rec["responses"][j])
             judge_pairs.append({
                 "id": content_id(rec["prompt"], chosen, rejected), "prompt": rec["prompt"], "chosen": chosen,
-                "rejected": rejected, "margin": round(margin, 6), "task": rec.get("task", "general"), "source": source,
+                "rejected": rejected, "margin": round(margin_in_logits(judges[0], gap), 6),  # in logits
+                "task": rec.get("task", "general"), "source": source,
             })
         if kept:  # KTO: the prompt's best response is desirable, its worst undesirable
             used = {i for p in kept for i in p[:2]}
@@ -186,6 +190,7 @@ def run(params, tracker) -> dict:
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "val.jsonl", val)
         write_jsonl(tmp / "kto.jsonl", kto)
+        rejects.write(tmp / "rejects.jsonl")
         labelstudio.write_tasks(labelstudio.export_tasks(samples, cfg.labelstudio_mode), tmp / "labelstudio_tasks.json")
         (tmp / "labelstudio_config.xml").write_text(labelstudio.LABEL_CONFIG[cfg.labelstudio_mode] + "\n")
 
@@ -201,6 +206,7 @@ def run(params, tracker) -> dict:
         "pairs_train": len(train),
         "pairs_val": len(val),
         "kto_examples": len(kto),
+        "rejected_annotations": len(rejects),
         "mean_margin": round(sum(margins) / len(margins), 4) if margins else 0.0,
         "judge_s": round(judge_s, 2),
     }

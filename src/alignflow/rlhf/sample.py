@@ -66,8 +66,9 @@ def sample_prompts(params, prompts: list[list[dict]], model_dir: str | os.PathLi
         from alignflow.models import resolve_spec
         from alignflow.rlhf.generation import generate_vllm
 
-        return generate_vllm(resolve_spec(str(model_dir)), prompts, trust_remote_code=params.model.trust_remote_code,
-                             **gen), backend
+        trust = params.model.trust_remote_code
+        return generate_vllm(resolve_spec(str(model_dir), trust_remote_code=trust), prompts,
+                             trust_remote_code=trust, **gen), backend
     if backend == "ray":
         from alignflow.rlhf.generation import generate_ray
 

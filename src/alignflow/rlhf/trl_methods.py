@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from alignflow.io import InputError, read_jsonl
+from alignflow.rlhf.align_common import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,11 @@ def make_reward_function(reward_dir: str, device: str | None = None, batch_size:
     def reward_model(prompts, completions, **kwargs) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         convs = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
-        return score_with_reward_model(model, tokenizer, convs, texts, batch_size)
+        scores = score_with_reward_model(model, tokenizer, convs, texts, batch_size)
+        # TRL nansum()s rewards: a NaN score would silently count as 0.
+        state = kwargs.get("trainer_state")
+        check_finite(f"step {state.global_step + 1 if state else '?'}: reward model ({reward_dir})", reward=scores)
+        return scores
 
     return reward_model
 
@@ -85,12 +90,21 @@ def _precompute(dpo_cfg, align, n_examples: int, per_step: int) -> bool:
     return align.max_steps * per_step > n_examples
 
 
+def dpo_config(align, common: dict[str, Any], n_examples: int, per_step: int):
+    """TRL's DPOConfig from align.dpo: β, and the loss mix (loss_type summed with loss_weights)."""
+    from trl import DPOConfig
+
+    dpo = align.dpo
+    return DPOConfig(**common, beta=dpo.beta, loss_type=list(dpo.loss_type), loss_weights=dpo.loss_weights,
+                     max_length=align.max_length, precompute_ref_log_probs=_precompute(dpo, align, n_examples, per_step))
+
+
 def trl_train_loop(config: dict) -> dict[str, Any]:
     from alignflow.config import validate
     from alignflow.models import load_causal_lm, save_model_dir
-    from alignflow.rlhf.align_common import LengthMeter, curve_callback
+    from alignflow.rlhf.align_common import LengthMeter, curve_callback, finite_guard_callback
     from alignflow.training.launcher import (LOOP_DIR_KEY, is_rank_zero, prepare_hf_trainer, report_final,
-                                             resume_checkpoint, world)
+                                             resume_checkpoint, train_or_restore, world)
 
     params = validate(config["params"], "loop config")
     align, method = params.align, config["method"]
@@ -104,7 +118,7 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
     beta = None
 
     if method == "dpo":
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOTrainer
 
         from alignflow.rlhf.rank import pair_source
 
@@ -113,9 +127,7 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
                            f"preference (align.dpo.sources: {'+'.join(dpo.sources)})",
                            keep=lambda r: pair_source(r) in dpo.sources)
         beta = dpo.beta
-        args = DPOConfig(**common, beta=beta, loss_type=list(dpo.loss_type), loss_weights=dpo.loss_weights,
-                         max_length=align.max_length,
-                         precompute_ref_log_probs=_precompute(dpo, align, len(train), per_step))
+        args = dpo_config(align, common, len(train), per_step)
         trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                              peft_config=lora_config(align))
     elif method == "kto":
@@ -155,10 +167,11 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
         lengths = LengthMeter(trainer.data_collator)
         trainer.data_collator = lengths
     trainer.add_callback(curve_callback(method, beta, lengths))  # first: the later callbacks see the curve keys
+    trainer.add_callback(finite_guard_callback())  # before logging and checkpointing callbacks
     trainer = prepare_hf_trainer(trainer)
     resume = resume_checkpoint(run_dir)
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = train_or_restore(trainer, resume)
     elapsed = time.perf_counter() - started
     history = trainer.step_metrics.history
     train_rows = [h for h in history if "loss" in h or "reward" in h]

@@ -6,9 +6,16 @@
   with gloo on CPU / NCCL on GPU); `RAY_ADDRESS` or `ray.address` selects a running cluster;
 - `RunConfig(name, storage_path)`, where the name carries a digest of the loop config: re-running
   a killed stage with the same params and data resumes from its last checkpoint, a changed one
-  starts fresh; a finished run's scratch directory is removed;
-- rank 0 alone talks to MLflow (the stage's run id travels in the workers' environment); every
-  worker calls `ray.train.report` the same number of times (on each save, and once at the end);
+  starts fresh. The scratch dir (checkpoints) is removed only by `discard_finished_runs()`, which
+  the stage calls once its outputs *and* tracking succeeded: a stage that failed while logging
+  the model resumes at its last step and only redoes the logging;
+- a resumed run links the MLflow run of the killed attempt (marked KILLED) and replays the
+  checkpoint's log history, so the loss curve stays whole in MLflow and in plots/;
+- `ray.use_gpu` is checked before anything starts: no CUDA device here, or no GPU in the cluster
+  within `ray.gpu_wait_s`, is an error naming the param (Ray would retry the workers for ever);
+- rank 0 alone talks to MLflow (the stage's run id travels in the workers' environment), through
+  `MetricsSink`: asynchronous, so a slow or dead server never stalls training; every worker calls
+  `ray.train.report` the same number of times (on each save, and once at the end);
 - the loop's return value on rank 0 (its metrics) comes back as `Result.return_value`.
 
 Inside a loop, HF/TRL trainers use `prepare_hf_trainer` (Ray's `prepare_trainer` +
@@ -22,7 +29,9 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,8 +44,11 @@ RUN_ID_ENV = "ALIGNFLOW_MLFLOW_RUN_ID"
 # Passed to the workers so they resolve models, the tracking server and the hub the same way.
 PROPAGATED_ENV = (
     "MLFLOW_TRACKING_URI", "ALIGNFLOW_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM",
-    "ALIGNFLOW_LOG_LEVEL",
+    "ALIGNFLOW_LOG_LEVEL", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
 )
+OWNER_FILE = "owner.json"  # in a run dir: the process training it and its MLflow run
+# How long rank 0 waits at the end of training for metrics still queued for MLflow.
+FLUSH_TIMEOUT_S = 30
 LOOP_ENV_KEY = "_alignflow_env"
 LOOP_DIR_KEY = "_alignflow_run_dir"
 LOOP_HINT_KEY = "_alignflow_oom_hint"
@@ -53,9 +65,14 @@ class NonFiniteLossError(TrainingError):
 # --- driver side ------------------------------------------------------------------------------
 
 
+# Per-process paths (the pid-named staging dir): not part of what makes two runs the same.
+VOLATILE_KEYS = ("staging_dir",)
+
+
 def config_digest(loop_config: dict) -> str:
     """Same params + same data -> same digest -> same run name -> resume."""
-    blob = json.dumps(loop_config, sort_keys=True, default=str)
+    stable = {k: v for k, v in loop_config.items() if k not in VOLATILE_KEYS}
+    blob = json.dumps(stable, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -73,6 +90,37 @@ def scaling_config(params: Params):
 
 def _ray_address(params: Params) -> str | None:
     return os.environ.get("RAY_ADDRESS") or params.ray.address
+
+
+def check_local_gpu(params: Params) -> None:
+    """`ray.use_gpu` on a host without CUDA: an error now, not workers Ray retries for ever."""
+    if not params.ray.use_gpu or _ray_address(params):
+        return  # a cluster's GPUs are checked once connected (wait_for_gpus)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TrainingError(
+            "ray.use_gpu is true but this host has no CUDA device (torch.cuda.is_available() is false): "
+            "set ray.use_gpu=false, or ray.address / RAY_ADDRESS to a Ray cluster with GPUs"
+        )
+
+
+def wait_for_gpus(params: Params) -> None:
+    """On a cluster, wait up to `ray.gpu_wait_s` for the GPUs the workers need (an autoscaler
+    may be adding nodes), then fail naming what is there."""
+    import ray
+
+    per = (params.ray.resources_per_worker or {}).get("GPU", 1)
+    need = per * max(1, params.ray.num_workers)
+    deadline = time.monotonic() + params.ray.gpu_wait_s
+    while (have := ray.cluster_resources().get("GPU", 0)) < need:
+        if time.monotonic() >= deadline:
+            raise TrainingError(
+                f"ray.use_gpu: the Ray cluster ({_ray_address(params) or 'local'}) has {have:g} GPU(s), "
+                f"{need:g} needed ({max(1, params.ray.num_workers)} workers x {per:g}); none appeared within "
+                f"ray.gpu_wait_s={params.ray.gpu_wait_s:g} s"
+            )
+        time.sleep(2)
 
 
 def _ensure_ray(params: Params, env: dict[str, str]) -> None:
@@ -139,7 +187,6 @@ def run_training(
     name: str,
     *,
     tracking_run_id: str | None = None,
-    keep_run_dir: bool = False,
 ):
     """Run `train_loop(config)` on every worker; returns the `ray.train.Result`.
 
@@ -150,6 +197,7 @@ def run_training(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
+    check_local_gpu(params)
     run_name = f"{name}-{config_digest(loop_config)}"
     storage = Path(params.ray.storage_path).expanduser().resolve()
     run_dir = storage / run_name
@@ -158,7 +206,10 @@ def run_training(
     local = params.ray.num_workers == 0
     if not local:
         _ensure_ray(params, env)
+        if params.ray.use_gpu:
+            wait_for_gpus(params)
     resumed = (run_dir / "hf").exists() and any((run_dir / "hf").glob("checkpoint-*"))
+    _claim_run_dir(run_dir, tracking_run_id)
     log.info("%s: %s on Ray Train (%s)%s", name, run_name,
              "local mode" if local else f"{params.ray.num_workers} workers", ", resuming" if resumed else "")
     trainer = TorchTrainer(
@@ -179,9 +230,63 @@ def run_training(
         raise
     except Exception as err:
         raise _reraise(name, err) from err
-    if not keep_run_dir:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    _FINISHED_RUNS.append(run_dir)
     return result
+
+
+_FINISHED_RUNS: list[Path] = []
+_RUN_DIR_NAME = re.compile(r"^(?P<name>.+)-[0-9a-f]{10}$")
+
+
+def _claim_run_dir(run_dir: Path, tracking_run_id: str | None) -> None:
+    """Record this process and MLflow run as the run dir's owner. When it resumes a killed
+    attempt, that attempt's MLflow run is marked KILLED and both are linked by tags."""
+    record = run_dir / OWNER_FILE
+    previous = json.loads(record.read_text()).get("run_id") if record.exists() else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"pid": os.getpid(), "run_id": tracking_run_id}) + "\n")
+    if not previous or not tracking_run_id or previous == tracking_run_id:
+        return
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(previous).info.status == "RUNNING":
+            client.set_terminated(previous, status="KILLED")
+        client.set_tag(previous, "alignflow.resumed_by", tracking_run_id)
+        client.set_tag(tracking_run_id, "alignflow.resumed_from", previous)
+    except MlflowException as err:  # e.g. the killed attempt tracked to another server
+        log.warning("could not link the killed attempt's MLflow run %s: %s", previous, err)
+
+
+def _owner_pid(run_dir: Path) -> int | None:
+    try:
+        return int(json.loads((run_dir / OWNER_FILE).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def discard_finished_runs() -> list[Path]:
+    """Remove the scratch dirs of the training runs this process finished, and those of the same
+    training (other params) whose process was killed. Called by the stage once its outputs and
+    tracking succeeded; a run dir of a live process is never touched."""
+    from alignflow.scratch import pid_alive
+
+    removed = []
+    while _FINISHED_RUNS:
+        run_dir = _FINISHED_RUNS.pop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        removed.append(run_dir)
+        match = _RUN_DIR_NAME.match(run_dir.name)
+        for stale in run_dir.parent.glob(f"{match['name']}-*") if match else []:
+            same = _RUN_DIR_NAME.match(stale.name)
+            pid = _owner_pid(stale)
+            if same and same["name"] == match["name"] and (pid is None or not pid_alive(pid)):
+                log.info("removing %s: checkpoints of a killed run with other params", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+                removed.append(stale)
+    return removed
 
 
 def _worker_entry(train_loop: Callable[[dict], Any]) -> Callable[[dict], Any]:
@@ -278,37 +383,88 @@ class FiniteLossCallback(_trainer_callback_base()):
                 )
 
 
-class StepMetricsCallback(_trainer_callback_base()):
-    """Rank 0: per-step metrics into the stage's MLflow run (by id, from any process) and a CSV."""
+class MetricsSink:
+    """Rank 0's per-step metrics: kept in `history` (what plots/ draws) and sent to the stage's
+    MLflow run asynchronously (MLflow's async logging), so a slow or dead tracking server never
+    stalls training. `close()` waits at most FLUSH_TIMEOUT_S for the queue, then warns with the
+    number of steps that did not reach MLflow (the curve in plots/ is whole either way)."""
 
-    def __init__(self, run_id: str | None, rank_zero: bool, prefix: str = ""):
+    def __init__(self, run_id: str | None, rank_zero: bool = True, prefix: str = ""):
         self.run_id = run_id if rank_zero else None
         self.rank_zero = rank_zero
         self.prefix = prefix
         self.history: list[dict] = []
+        self._pending: list[tuple[int, Any]] = []
         self._client = None
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not self.rank_zero or not logs:
+    def log(self, metrics: dict[str, Any], step: int) -> dict[str, float]:
+        if not self.rank_zero:
+            return {}
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric = {k: v for k, v in numbers.items() if math.isfinite(v)}
+        if len(numeric) < len(numbers):  # MLflow and the CSV take no NaN: say so rather than drop silently
+            log.warning("step %d: not logged (non-finite): %s", step,
+                        ", ".join(f"{k}={v}" for k, v in numbers.items() if k not in numeric))
+        self.history.append({"step": step, **numeric})
+        self._send(numeric, step)
+        return numeric
+
+    def replay(self, rows: list[dict]) -> None:
+        """The steps logged before a resume (a checkpoint's log history): into the history and
+        into this MLflow run, so the curve starts at step 1 whichever attempt logged it."""
+        for row in rows:
+            if isinstance(row.get("step"), int):
+                self.log({k: v for k, v in row.items() if k != "step"}, row["step"])
+
+    def _send(self, numeric: dict[str, float], step: int) -> None:
+        if not self.run_id or not numeric:
             return
-        numeric = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        self.history.append({"step": state.global_step, **numeric})
-        if not self.run_id:
-            return
+        import mlflow
         from mlflow.entities import Metric
 
         if self._client is None:
-            import mlflow
-
             self._client = mlflow.MlflowClient()
-        import time
-
         now = int(time.time() * 1000)
-        metrics = [Metric(f"{self.prefix}{k}", v, now, state.global_step) for k, v in numeric.items()]
+        metrics = [Metric(f"{self.prefix}{k}", v, now, step) for k, v in numeric.items()]
         try:
-            self._client.log_batch(self.run_id, metrics=metrics)
+            self._pending.append((step, self._client.log_batch(self.run_id, metrics=metrics, synchronous=False)))
         except Exception as err:  # tracking is best effort: never kill a training run over it
-            log.warning("MLflow logging failed at step %s: %s", state.global_step, err)
+            log.warning("MLflow logging failed at step %s: %s", step, err)
+
+    def close(self, timeout: float = FLUSH_TIMEOUT_S) -> list[int]:
+        """Wait (bounded) for the queued batches; returns the steps that were not logged."""
+        from concurrent.futures import wait
+
+        # RunOperations keeps its futures private; MLflow's own combine helper reads them too.
+        futures = {f: step for step, ops in self._pending for f in getattr(ops, "_operation_futures", [])}
+        done, not_done = wait(list(futures), timeout=timeout) if futures else (set(), set())
+        lost = sorted({futures[f] for f in not_done} | {futures[f] for f in done if f.exception() is not None})
+        self._pending.clear()
+        if lost:
+            log.warning("%d of %d logged steps did not reach MLflow run %s (steps %s); the whole curve is in "
+                        "the stage's plots/ CSV", len(lost), len(futures), self.run_id,
+                        ", ".join(map(str, lost[:10])) + (" ..." if len(lost) > 10 else ""))
+        return lost
+
+
+class StepMetricsCallback(_trainer_callback_base()):
+    """Rank 0: per-step metrics into the stage's MLflow run (by id, from any process) and a CSV."""
+
+    def __init__(self, run_id: str | None, rank_zero: bool, prefix: str = ""):
+        self.sink = MetricsSink(run_id, rank_zero, prefix)
+        self.history = self.sink.history
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed trainer restored the checkpoint's log history: its steps belong to this curve.
+        if state.global_step > 0 and not self.history:
+            self.sink.replay([row for row in state.log_history if row.get("step", 0) <= state.global_step])
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.sink.log(logs, state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.sink.close()
 
 
 def prepare_hf_trainer(trainer, run_id: str | None = None, metrics_prefix: str = ""):
@@ -323,6 +479,31 @@ def prepare_hf_trainer(trainer, run_id: str | None = None, metrics_prefix: str =
     trainer = prepare_trainer(trainer)
     trainer.step_metrics = steps  # read by the stage for its CSV
     return trainer
+
+
+def train_or_restore(trainer, checkpoint: str | None):
+    """`trainer.train(resume_from_checkpoint=checkpoint)`, except when the checkpoint is the
+    final step (the stage failed after training, e.g. while logging): then the final weights
+    are loaded and no step runs again (HF's resume would train one step past max_steps)."""
+    from transformers.trainer_utils import TrainOutput
+
+    state_file = Path(checkpoint or "") / "trainer_state.json"
+    if not checkpoint or not state_file.exists():
+        return trainer.train(resume_from_checkpoint=checkpoint)
+    state = json.loads(state_file.read_text())
+    if not 0 < trainer.args.max_steps <= int(state.get("global_step", 0)):
+        return trainer.train(resume_from_checkpoint=checkpoint)
+    from transformers import TrainerState
+
+    log.info("%s is the final step: loading it, no step is trained again", checkpoint)
+    trainer._load_from_checkpoint(checkpoint)  # the weights (adapter or full) the finished run saved
+    trainer.state = TrainerState.load_from_json(str(state_file))
+    steps = getattr(trainer, "step_metrics", None)
+    if steps is not None and not steps.history:
+        steps.sink.replay(trainer.state.log_history)
+    # HF's training_loss is the mean loss over all steps: the mean of the logged ones is its estimate
+    losses = [row["loss"] for row in trainer.state.log_history if isinstance(row.get("loss"), (int, float))]
+    return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else None, {})
 
 
 def report_final(metrics: dict[str, Any]) -> None:

@@ -2,6 +2,8 @@
 
 loss = -log σ(r(chosen) - r(rejected) - margin) (+ c · mean((r_c + r_r)²) when
 `reward.center_rewards_coefficient` > 0), the score read at the last token of each sequence.
+`margin` is in logits (the unit of r): the rank stage converts judge score gaps with the judge's
+calibration `compare_scale` (rlhf/judges.py; reference judge: 0.1 score ≈ 1 logit).
 Data: data/prefs/{train,val}.jsonl (the rank stage) when present, else the formatted human pairs
 data/formatted/prefs_{train,val}.jsonl. Base: `reward.base` (models/sft by default: the SFT adapter
 merged into its base, with a fresh score head), LoRA (`peft: lora`, the head fully trained) or full.
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignflow import paths
+from alignflow import paths, scratch
 from alignflow.config import Params
 from alignflow.io import InputError
 from alignflow.training import common
@@ -31,7 +33,7 @@ PREFS = Path("data/prefs")
 
 
 def preference_rows(records: list[dict], use_margin: bool) -> list[dict]:
-    """TRL's conversational preference format: prompt / chosen / rejected (+ margin)."""
+    """TRL's conversational preference format: prompt / chosen / rejected (+ margin, in logits, used as is)."""
     with_margin = use_margin and any(rec.get("margin") is not None for rec in records)
     rows = []
     for rec in records:
@@ -68,7 +70,8 @@ def train_loop(config: dict) -> dict[str, Any]:
 
     from alignflow.config import validate
     from alignflow.models import save_model_dir
-    from alignflow.training.launcher import is_rank_zero, prepare_hf_trainer, report_final, resume_checkpoint
+    from alignflow.training.launcher import (is_rank_zero, prepare_hf_trainer, report_final, resume_checkpoint,
+                                             train_or_restore)
     from alignflow.training.sft import load_for_training
 
     params = validate(config["params"], "loop config")
@@ -108,7 +111,7 @@ def train_loop(config: dict) -> dict[str, Any]:
         log.info("resuming from %s", resume)
     resumed_step = int(common.checkpoint_state(resume).get("global_step", 0))  # before rotation deletes it
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = train_or_restore(trainer, resume)
     elapsed = time.perf_counter() - started
     state = trainer.state
     steps_done = state.global_step - resumed_step
@@ -157,7 +160,7 @@ def loop_config(params: Params, staging: Path | None = None) -> dict[str, Any]:
 
     train, val = preference_files()
     base = reward_base(params)
-    staging = staging or OUTPUT.with_name(".reward.staging")
+    staging = staging or scratch.staging_dir(OUTPUT)
     base_digest = model_dir_digest(base) if Path(base).is_dir() and read_meta(base) is not None else None
     return {
         "params": params.model_dump(mode="json", include={"seed", "model", "ray", "reward"}),
@@ -172,11 +175,9 @@ def loop_config(params: Params, staging: Path | None = None) -> dict[str, Any]:
 
 
 def run(params: Params, tracker) -> dict[str, Any]:
-    import shutil
 
     config = loop_config(params)
     common.log_datasets(tracker, preference_files())
-    shutil.rmtree(config["staging_dir"], ignore_errors=True)
     if config["base"] != params.model.base and Path(config["base"]).is_dir():
         from alignflow.models import resolve_spec
 

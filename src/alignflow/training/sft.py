@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from alignflow import paths
+from alignflow import paths, scratch
 from alignflow.config import Params
 from alignflow.io import InputError
 from alignflow.training import common
@@ -116,7 +116,8 @@ def load_for_training(base: str, params: Params, peft: str, *, reward: bool = Fa
             extra["device_map"] = {"": torch.cuda.current_device()}  # this worker's GPU (set by Ray Train)
         if params.model.attn_implementation != "auto":
             extra["attn_implementation"] = params.model.attn_implementation
-        model = auto.from_pretrained(resolve_spec(base), dtype=resolve_dtype(params.model.dtype), **extra, **kwargs)
+        model = auto.from_pretrained(resolve_spec(base, trust_remote_code=params.model.trust_remote_code),
+                                     dtype=resolve_dtype(params.model.dtype), use_safetensors=True, **extra, **kwargs)
         tokenizer = load_tokenizer(base, **kwargs)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
@@ -137,7 +138,8 @@ def train_loop(config: dict) -> dict[str, Any]:
 
     from alignflow.config import validate
     from alignflow.models import save_model_dir
-    from alignflow.training.launcher import is_rank_zero, prepare_hf_trainer, report_final, resume_checkpoint
+    from alignflow.training.launcher import (is_rank_zero, prepare_hf_trainer, report_final, resume_checkpoint,
+                                             train_or_restore)
 
     params = validate(config["params"], "loop config")
     section = params.sft
@@ -171,7 +173,7 @@ def train_loop(config: dict) -> dict[str, Any]:
         log.info("resuming from %s", resume)
     before = common.checkpoint_state(resume)  # read now: checkpoint rotation may delete it
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = train_or_restore(trainer, resume)
     elapsed = time.perf_counter() - started
     state = trainer.state
     resumed_step = int(before.get("global_step", 0))
@@ -213,7 +215,7 @@ def train_loop(config: dict) -> dict[str, Any]:
 def loop_config(params: Params, data_dir: Path = common.FORMATTED, staging: Path | None = None) -> dict[str, Any]:
     train = common.require_file(data_dir / "sft_train.jsonl", "SFT conversations", "format")
     val = data_dir / "sft_val.jsonl"
-    staging = staging or OUTPUT.with_name(".sft.staging")
+    staging = staging or scratch.staging_dir(OUTPUT)
     return {
         "params": params.model_dump(mode="json", include={"seed", "model", "ray", "sft"}),
         "base": params.model.base,
@@ -229,9 +231,6 @@ def run(params: Params, tracker) -> dict[str, Any]:
     config = loop_config(params)
     common.log_datasets(tracker, [common.FORMATTED / "sft_train.jsonl", common.FORMATTED / "sft_val.jsonl"])
     staging = Path(config["staging_dir"])
-    import shutil
-
-    shutil.rmtree(staging, ignore_errors=True)
     result = run_training(train_loop, config, params, "sft", tracking_run_id=getattr(tracker, "run_id", None))
     metrics = dict(result.return_value or {})
     history = metrics.pop("history", [])
