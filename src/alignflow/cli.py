@@ -156,7 +156,11 @@ def _cmd_smoke(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_chat(args: argparse.Namespace, rest: list[str]) -> int:
     from alignflow.evaluation.chat import chat_main
 
-    return chat_main(args.model, max_new_tokens=args.max_new_tokens)
+    if rest:
+        print(f"alignflow chat: error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
+        return 2
+    return chat_main(args.model, max_new_tokens=args.max_new_tokens, compare=args.compare,
+                     temperature=args.temperature, system=args.system)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,12 +200,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fresh", action="store_true", help="recreate the workspace")
     p.set_defaults(fn=_cmd_smoke)
 
-    p = sub.add_parser("chat", help="chat in the terminal with a trained or registered model")
-    p.add_argument("--model", default="champion", help="registry alias (champion, candidate), models:/ URI or path")
+    p = sub.add_parser("chat", help="chat in the terminal with a trained or registered model (replies stream; "
+                       "Ctrl-C stops one, Ctrl-D leaves; /help lists the commands)")
+    p.add_argument("--model", default="champion",
+                   help="registry alias (champion, candidate), models:/ URI, model dir or spec (embedded:..., tiny:...)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                   help="two models answering each prompt, one after the other "
+                        "(e.g. --compare sft champion; sft = models/sft)")
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    p.add_argument("--system", default=None, help="system prompt (also /system <text> in the chat)")
     p.set_defaults(fn=_cmd_chat)
 
     args, rest = parser.parse_known_args(argv)
+    from alignflow import logs
+
+    logs.setup()  # the stages' log format, libraries at WARNING (alignflow.logs)
     raise SystemExit(args.fn(args, rest))
 
 

@@ -1,7 +1,7 @@
 """The glue every component shares: parse the CLI, validate params, track, write metrics.
 
 A stage is a function `run(params, tracker) -> metrics`; `stage_main` does the rest, so each
-`components/<stage>.py` is a few lines (README: The pipeline).
+`components/<stage>.py` is a few lines (docs/ARCHITECTURE.md, "Stages and their contracts").
 """
 
 from __future__ import annotations
@@ -51,11 +51,10 @@ def seed_everything(seed: int) -> None:
 
 
 def setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("ALIGNFLOW_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    """One log format, libraries at WARNING, known warnings filtered (alignflow.logs)."""
+    from alignflow import logs
+
+    logs.setup()
 
 
 def run_stage(stage: str, fn: StageFn, params: Params, system_metrics: bool | None = None) -> dict[str, Any]:
@@ -63,13 +62,14 @@ def run_stage(stage: str, fn: StageFn, params: Params, system_metrics: bool | No
 
     Training checkpoints are discarded only here, after the outputs *and* the tracking
     succeeded: a stage that fails while logging resumes at its last step when re-run."""
-    from alignflow import scratch, tracking
+    from alignflow import progress, scratch, tracking
     from alignflow.training import launcher
 
     seed_everything(params.seed)
     started = time.perf_counter()
     with scratch.stage_lock(stage):
         scratch.sweep_temp()
+        progress.announce(stage, params)  # what it will do, how big, how long at the last run's speed
         try:
             with tracking.stage_run(params, stage, system_metrics=system_metrics) as tracker:
                 metrics = fn(params, tracker) or {}
@@ -80,7 +80,7 @@ def run_stage(stage: str, fn: StageFn, params: Params, system_metrics: bool | No
             tracking.raise_if_unreachable(params, err)  # the server went away: say so in one line
             raise
         launcher.discard_finished_runs()
-    log.info("%s done in %.1fs", stage, metrics["wall_time_s"])
+    log.info("%s", progress.summary(stage, metrics))
     return metrics
 
 

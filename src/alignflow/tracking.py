@@ -13,7 +13,7 @@ params that define the recipe, PARENT_METRICS, datasets, the eval report); every
 is on the stage runs, named `<stage> · <method>` so chart legends tell them apart.
 
 Everything else in the project talks to MLflow through this module, so the tracking URI,
-run naming, tags and registry conventions (docs/WORKFLOWS.md) live in one place.
+run naming, tags and registry conventions (docs/ARCHITECTURE.md, "Tracking") live in one place.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from alignflow.config.base import Section
 
 
 class ModelParams(Section):
-    # Model spec string (docs/TRAINING.md): embedded:<name>, tiny:<arch>, hub id or local path.
+    # Model spec string (docs/ARCHITECTURE.md, "Model specs"): embedded:<name>, tiny:<arch>, hub id or local path.
     base: str = "embedded:smollm2-135m-instruct"
     trust_remote_code: bool = False
     # Training/generation dtype; "auto" = bf16 on a GPU that supports it, else fp32.

@@ -1,4 +1,4 @@
-"""Readers: one per source format, each turning raw rows into canonical records (README: The pipeline).
+"""Readers: one per source format, each turning raw rows into canonical records (docs/ARCHITECTURE.md, "Records").
 
 A reader is a pure function `row (dict) -> list[record]` that raises `RecordError(reason)` for a
 row that does not fit its schema; `read_source` adds file reading, provenance and limits, and

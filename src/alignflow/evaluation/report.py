@@ -8,21 +8,31 @@
   are the DVC plots declared in dvc.yaml (`dvc plots show/diff`); a missing value (no outcomes,
   no score) is left out rather than written empty, which DVC would draw as 0;
 - reward distributions per model, reward vs length, win-rate bars as PNGs (MLflow artifacts);
-- reports/eval.html: the PNGs inlined as base64 (one file to mail or attach), the metrics and
-  diagnostics tables, side-by-side example generations, and the gate decision.
+- reports/eval.html: the PNGs inlined as base64 (one file to mail or attach); a provenance
+  block first (MLflow eval and parent run ids, the recipe, git commit, the dvc.lock hashes of
+  eval's inputs, the date); the gate decision, the metrics and diagnostics tables, side-by-side
+  example generations (long texts folded), and the public papers it cites.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
+import json
+import logging
 import math
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from alignflow.io import write_json
+
+log = logging.getLogger(__name__)
 
 WINRATES_CSV = Path("plots/eval_winrates.csv")
 REWARDS_CSV = Path("plots/eval_rewards.csv")
@@ -144,7 +154,129 @@ def plot_winrates(winrates: dict[str, float], cis: dict[str, tuple[float, float]
     return _save(plt, fig, path)
 
 
+# ----------------------------------------------------------------------------- provenance
+
+EVAL_STAGE = "eval"
+
+
+def eval_inputs(lock_path: str | Path = "dvc.lock", dvc_yaml: str | Path = "dvc.yaml",
+                stage: str = EVAL_STAGE) -> dict[str, Any]:
+    """What `stage` read, as dvc.lock records it: {"digest", "inputs": [{path, md5, stage, stage_hash}]}.
+
+    One input per dep of the stage (dvc.yaml) that another stage writes: the md5 dvc.lock holds
+    for it, the stage that wrote it and that stage's dvc.lock entry digest
+    (`tracking.dvc_stage_hashes`, the `dvc.lock.<stage>` tags of the MLflow runs). `digest` is
+    one sha256 over the (path, md5) pairs: equal digests, equal data and models. Code deps are
+    left to the git commit. {} without dvc.yaml or dvc.lock, or when either cannot be read.
+    """
+    import yaml
+
+    from alignflow import tracking
+    from alignflow.orchestration.dvc_graph import DvcGraphError, load_pipeline, overlaps
+
+    lock_path, dvc_yaml = Path(lock_path), Path(dvc_yaml)
+    if not (lock_path.is_file() and dvc_yaml.is_file()):
+        return {}
+    try:
+        pipeline = load_pipeline(dvc_yaml)
+        locked = (yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}).get("stages") or {}
+        stage_hashes = tracking.dvc_stage_hashes(lock_path)
+    except (DvcGraphError, OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as err:
+        log.warning("report: no dvc.lock provenance (%s)", err)
+        return {}
+    if stage not in pipeline.stages:
+        return {}
+    rows: list[dict[str, Any]] = []
+    for dep in pipeline.stages[stage].deps:
+        for writer in sorted(pipeline.upstream.get(stage, ())):
+            if not any(overlaps(dep, out) for out in pipeline.stages[writer].outs):
+                continue
+            outs = (locked.get(writer) or {}).get("outs") or []
+            md5 = next((o.get("md5") for o in outs if isinstance(o, dict) and o.get("path") == dep), None)
+            rows.append({"path": dep, "md5": md5, "stage": writer, "stage_hash": stage_hashes.get(writer)})
+    if not rows:
+        return {}
+    blob = json.dumps(sorted([r["path"], r["md5"]] for r in rows))
+    return {"digest": hashlib.sha256(blob.encode()).hexdigest()[:12], "inputs": rows}
+
+
+def _active_run_ids() -> tuple[str | None, str | None]:
+    """(run id, parent run id) of MLflow's active run: the eval stage's run while it runs.
+    MLflow is not imported for this (a report rendered outside a stage has no run)."""
+    mlflow = sys.modules.get("mlflow")
+    try:
+        run = mlflow.active_run() if mlflow is not None else None
+    except Exception:  # noqa: BLE001 - provenance must never fail the report
+        return None, None
+    if run is None:
+        return None, None
+    return run.info.run_id, (run.data.tags or {}).get("mlflow.parentRunId")
+
+
+def collect_provenance(params: Any = None, *, eval_run_id: str | None = None, parent_run_id: str | None = None,
+                       gate: Mapping[str, Any] | None = None, root: str | Path = ".",
+                       now: datetime | None = None) -> dict[str, Any]:
+    """Where a report comes from, read from what is at hand (anything unknown is None):
+
+    - eval_run_id, parent_run_id: the arguments, else the gate record's (gate.record_decision
+      writes the eval run's ids), else MLflow's active run and its parent tag, else
+      ALIGNFLOW_PARENT_RUN_ID for the parent;
+    - recipe: `tracking.parent_params` (the params the MLflow parent run shows: align.method,
+      model.base, steps, learning rates, the method's section) of `params`, else of
+      <root>/params.yaml; tracking_uri: where those runs are (credentials masked);
+    - git_commit (`tracking.git_commit`), dvc: `eval_inputs` of <root>/dvc.lock, date (UTC).
+    """
+    from alignflow import tracking
+    from alignflow.secrets import redact_secrets, redact_text
+
+    root = Path(root)
+    gate = gate or {}
+    active_id, active_parent = _active_run_ids()
+    eval_run_id = eval_run_id or gate.get("eval_run_id") or active_id
+    parent_run_id = (parent_run_id or gate.get("parent_run_id") or active_parent
+                     or os.environ.get(tracking.PARENT_ENV) or None)
+    recipe: dict[str, Any] | None = None
+    uri = None
+    if params is None:
+        from alignflow.config import ParamsError, load_params
+
+        try:
+            params = load_params(root / "params.yaml")
+        except ParamsError as err:
+            log.warning("report: no recipe in the provenance (%s)", str(err).splitlines()[0])
+    if params is not None:
+        recipe = redact_secrets(tracking.parent_params(params))
+        uri = redact_text(tracking.tracking_uri(params))
+    return {
+        "date": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "eval_run_id": eval_run_id,
+        "parent_run_id": parent_run_id,
+        "tracking_uri": uri,
+        "git_commit": tracking.git_commit(root),
+        "recipe": recipe,
+        "dvc": eval_inputs(root / "dvc.lock", root / "dvc.yaml"),
+    }
+
+
 # ----------------------------------------------------------------------------- HTML
+
+# Public sources the page cites, by the short name used in the text.
+REFERENCES = {
+    "Ouyang et al. 2022": "L. Ouyang et al., “Training language models to follow instructions with human "
+                          "feedback” (InstructGPT), NeurIPS 2022, arXiv:2203.02155.",
+    "Gao, Schulman & Hilton 2022": "L. Gao, J. Schulman, J. Hilton, “Scaling Laws for Reward Model "
+                                   "Overoptimization”, ICML 2023, arXiv:2210.10760.",
+    "Singhal et al. 2023": "P. Singhal, T. Goyal, J. Xu, G. Durrett, “A Long Way to Go: Investigating Length "
+                           "Correlations in RLHF”, arXiv:2310.03716.",
+    "Askell et al. 2021": "A. Askell et al., “A General Language Assistant as a Laboratory for Alignment” "
+                          "(helpful, honest, harmless), arXiv:2112.00861.",
+    "Schulman 2020": "J. Schulman, “Approximating KL Divergence”, blog post, 2020, "
+                     "http://joschu.net/blog/kl-approx.html (the k1 and k3 estimators).",
+    "Efron & Tibshirani 1993": "B. Efron, R. Tibshirani, “An Introduction to the Bootstrap”, Chapman & Hall, "
+                               "1993 (percentile intervals).",
+}
+# A text longer than this is folded: its first FOLD_CHARS characters show, the rest on a click.
+FOLD_CHARS = 200
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -152,8 +284,14 @@ h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid 
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
 td,th{border:1px solid #ddd;padding:.3em .6em;vertical-align:top;text-align:left}
 th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.prov th{width:12em}table.prov td table{margin:.3em 0 0;font-size:1em}
+code{font-size:.9em;background:#f5f5f5;padding:0 .2em;border-radius:3px}
 .pass{color:#1a7f37;font-weight:bold}.fail{color:#cf222e;font-weight:bold}
 .gen{white-space:pre-wrap;max-width:28em;font-size:.85em}
+summary{cursor:pointer;list-style:none}summary::-webkit-details-marker{display:none}
+.more,.less{color:#0969da;white-space:nowrap}
+details[open] .preview,details[open] .more,details:not([open]) .less{display:none}
+.muted{color:#666}.refs{font-size:.85em}
 img{max-width:100%;margin:.5em 0}
 """
 
@@ -175,6 +313,56 @@ def _img(path: str | Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _fold(text: str) -> str:
+    """Escaped text; over FOLD_CHARS characters, a <details> showing its start until clicked."""
+    text = text or ""
+    if len(text) <= FOLD_CHARS:
+        return html.escape(text)
+    return (f"<details><summary><span class=preview>{html.escape(text[:FOLD_CHARS].rstrip())}…</span> "
+            f"<span class=more>[show all {len(text):,} characters]</span><span class=less>[show less]</span>"
+            f"</summary>{html.escape(text)}</details>")
+
+
+def _code(value: Any) -> str:
+    return f"<code>{html.escape(str(value))}</code>"
+
+
+def _unknown(why: str) -> str:
+    return f"<span class=muted>unknown ({html.escape(why)})</span>"
+
+
+def _input_row(row: Mapping[str, Any]) -> str:
+    md5 = _code(row["md5"]) if row.get("md5") else _unknown("not in dvc.lock")
+    digest = f" {_code(row['stage_hash'])}" if row.get("stage_hash") else ""
+    return f"<tr><td>{_code(row['path'])}</td><td>{md5}</td><td>{html.escape(str(row.get('stage') or ''))}{digest}</td></tr>"
+
+
+def _provenance_html(prov: Mapping[str, Any]) -> str:
+    rows = [("generated", html.escape(str(prov.get("date") or "")) or _unknown("no date"))]
+    rows.append(("MLflow eval run", _code(prov["eval_run_id"]) if prov.get("eval_run_id")
+                 else _unknown("not rendered inside the eval stage's MLflow run")))
+    rows.append(("MLflow parent run", _code(prov["parent_run_id"]) if prov.get("parent_run_id")
+                 else _unknown("no pipeline run: the stage ran on its own")))
+    if prov.get("tracking_uri"):
+        rows.append(("MLflow tracking URI", _code(prov["tracking_uri"])))
+    rows.append(("git commit", _code(prov["git_commit"]) if prov.get("git_commit") else _unknown("not a git checkout")))
+    recipe = prov.get("recipe")
+    rows.append(("recipe (params)", " ".join(_code(f"{k}={v if isinstance(v, str) else json.dumps(v)}")
+                                             for k, v in recipe.items()) if recipe
+                 else _unknown("params.yaml not read")))
+    dvc = prov.get("dvc") or {}
+    if dvc.get("inputs"):
+        table = "".join(_input_row(r) for r in dvc["inputs"])
+        rows.append(("eval inputs (dvc.lock)",
+                     f"digest {_code(dvc.get('digest'))}<table><tr><th>input</th><th>md5 in dvc.lock</th>"
+                     "<th>written by (MLflow tag dvc.lock.&lt;stage&gt;)</th></tr>"
+                     f"{table}</table>"))
+    else:
+        rows.append(("eval inputs (dvc.lock)", _unknown("no dvc.lock entries for them: the stage ran outside DVC")))
+    return ("<h2>Provenance</h2><table class=prov>"
+            + "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>")
+
+
 def render_html(
     *,
     title: str,
@@ -184,14 +372,22 @@ def render_html(
     gate: dict[str, Any] | None,
     images: dict[str, str | Path],
     notes: Sequence[str] = (),
+    provenance: Mapping[str, Any] | None = None,
 ) -> str:
     """One HTML page with everything inlined.
 
     diagnostics: model → {sign: rate}; examples: [{"prompt": str, "reference"?: str,
-    "responses": {model: str}, "rewards"?: {model: float}}]; gate: GateDecision.to_dict() (+ extras).
+    "responses": {model: str}, "rewards"?: {model: float}}]; gate: GateDecision.to_dict() (+ extras);
+    provenance: `collect_provenance()`'s dict, collected here (run ids from `gate`) when None.
     """
+    if provenance is None:
+        provenance = collect_provenance(gate=gate)
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<p>The aligned policy (the candidate) against the SFT model, the base model and the registry's "
+             "champion on held-out prompts, judged by win rates against SFT as InstructGPT was "
+             "(Ouyang et al. 2022). Sources are listed under References at the end.</p>",
+             _provenance_html(provenance)]
 
     if gate is not None:
         cls, verdict = ("pass", "PASSED — the candidate becomes champion when eval's outputs are committed (alignflow promote)") if gate.get("passed") else (
@@ -201,19 +397,27 @@ def render_html(
                      + (f", alignflow-policy v{html.escape(str(gate['candidate_version']))}"
                         if gate.get("candidate_version") else "") + "</p><ul>")
         parts += [f"<li>{html.escape(r)}</li>" for r in gate.get("reasons", [])]
-        parts.append("</ul>")
+        parts.append("</ul><p>The gate reads the independent judge, not the reward model the policy was "
+                     "optimized against: that score rises past the point where true quality falls "
+                     "(Gao, Schulman &amp; Hilton 2022).</p>")
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
 
-    parts.append("<h2>Metrics</h2><table><tr><th>metric</th><th>value</th></tr>")
+    parts.append("<h2>Metrics</h2><p>Win rates: the share of prompts where the first model's response scores "
+                 "higher (a tie counts ½), with 95% percentile bootstrap intervals over prompts "
+                 "(Efron &amp; Tibshirani 1993). KL(candidate‖SFT): nats per response, k3 estimator "
+                 "(Schulman 2020). Refusal on harmful prompts vs over-refusal on benign ones: harmless vs "
+                 "helpful (Askell et al. 2021).</p><table><tr><th>metric</th><th>value</th></tr>")
     parts += [f"<tr><td>{html.escape(k)}</td>{_cell(v)}</tr>" for k, v in metrics.items()]
     parts.append("</table>")
 
     if diagnostics:
         models = list(diagnostics)
         signs = list(next(iter(diagnostics.values())))
-        parts.append("<h2>Over-optimization diagnostics</h2><p>Share of responses showing each sign "
-                     "(Gao et al. 2023; Singhal et al. 2023); a rise over SFT is the warning.</p><table><tr><th>sign</th>")
+        parts.append("<h2>Over-optimization diagnostics</h2><p>Share of responses showing each sign of a policy "
+                     "that games its reward model, such as length, lists, apologies or refusals "
+                     "(Gao, Schulman &amp; Hilton 2022; Singhal et al. 2023); a rise over SFT is the warning.</p>"
+                     "<table><tr><th>sign</th>")
         parts += [f"<th>{html.escape(m)}</th>" for m in models]
         parts.append("</tr>")
         for sign in signs:
@@ -229,20 +433,26 @@ def render_html(
 
     if examples:
         models = list(examples[0]["responses"])
-        parts.append("<h2>Example generations</h2><table><tr><th>prompt</th>")
-        if any(ex.get("reference") for ex in examples):
+        with_reference = any(ex.get("reference") for ex in examples)
+        parts.append("<h2>Example generations</h2>"
+                     f"<p>Texts over {FOLD_CHARS} characters are folded: click one to read it all.</p>"
+                     "<table><tr><th>prompt</th>")
+        if with_reference:
             parts.append("<th>reference</th>")
         parts += [f"<th>{html.escape(m)}</th>" for m in models]
         parts.append("</tr>")
         for ex in examples:
-            parts.append(f"<tr><td class=gen>{html.escape(ex['prompt'])}</td>")
-            if any(e.get("reference") for e in examples):
-                parts.append(f"<td class=gen>{html.escape(ex.get('reference') or '')}</td>")
+            parts.append(f"<tr><td class=gen>{_fold(ex['prompt'])}</td>")
+            if with_reference:
+                parts.append(f"<td class=gen>{_fold(ex.get('reference') or '')}</td>")
             for m in models:
                 reward = (ex.get("rewards") or {}).get(m)
                 head = f"<b>r = {reward:.2f}</b>\n" if reward is not None and math.isfinite(reward) else ""
-                parts.append(f"<td class=gen>{head}{html.escape(ex['responses'].get(m, ''))}</td>")
+                parts.append(f"<td class=gen>{head}{_fold(ex['responses'].get(m, ''))}</td>")
             parts.append("</tr>")
         parts.append("</table>")
-    parts.append("</body></html>")
+
+    parts.append("<h2>References</h2><ul class=refs>")
+    parts += [f"<li>{html.escape(short)}: {html.escape(full)}</li>" for short, full in REFERENCES.items()]
+    parts.append("</ul></body></html>")
     return "".join(parts)

@@ -5,16 +5,15 @@
     model, tok = load_causal_lm("embedded:smollm2-135m-instruct")   # or "tiny:llama", "models/sft", a hub id
 """
 
+from alignflow.models.hf import CHATML_TEMPLATE, prepare_tokenizer, resolve_dtype
 from alignflow.models.loading import (
-    CHATML_TEMPLATE,
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
-    prepare_tokenizer,
-    resolve_dtype,
     save_model_dir,
 )
-from alignflow.models.specs import META_FILE, ModelSpecError, cache_root, context_length, read_meta, resolve_spec
+from alignflow.models.meta import META_FILE, ModelSpecError, read_meta
+from alignflow.models.specs import cache_root, context_length, resolve_spec
 
 __all__ = [
     "CHATML_TEMPLATE",

@@ -8,145 +8,36 @@ Secure by default (docs/SECURITY.md): weights load from safetensors only (`use_s
 a pickled `*.bin` checkpoint or adapter is refused, never unpickled), and a model's own Python code
 runs only with `trust_remote_code=True`, which every loader takes as a keyword-only bool that
 defaults to False; the stages pass the typed `model.trust_remote_code` param (default false).
+
+Built on specs.py (spec -> local dir, and `load_model_dir`, which the adapter merge there needs),
+hf.py (dtype, device, tokenizer preparation) and meta.py (alignflow_model.json); none of them
+imports this module.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
-from typing import Any
 
-from alignflow.models.specs import (
-    META_FILE,
-    ModelSpecError,
-    check_base_digest,
-    read_meta,
-    resolve_base_ref,
-    resolve_spec,
+from alignflow.models.hf import (
+    CHATML_TEMPLATE,
+    check_trust_remote_code,
+    resolve_device,
+    resolve_dtype,
+    sync_pad,
+    tokenizer_from_dir,
 )
-
-log = logging.getLogger(__name__)
-
-# The documented default for models without a chat template of their own (ChatML, as used by
-# SmolLM2, Qwen and OpenHermes). `<|im_end|>` ends each turn; for a tokenizer lacking these
-# strings as special tokens they are plain text, which still round-trips.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-DTYPES = {"float32", "bfloat16", "float16"}
-ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what PeftModel.save_pretrained writes
-_warned_remote_code = False
-
-
-def check_trust_remote_code(trust_remote_code: Any) -> bool:
-    """`trust_remote_code` as given, if it is a real bool: a string such as "false" is truthy and
-    would quietly run the model repository's code, so anything else is refused."""
-    global _warned_remote_code
-    if not isinstance(trust_remote_code, bool):
-        raise TypeError(f"trust_remote_code must be a bool (model.trust_remote_code), got {trust_remote_code!r}")
-    if trust_remote_code and not _warned_remote_code:
-        _warned_remote_code = True
-        log.warning("trust_remote_code=True: the model repository's own Python code will run in this process")
-    return trust_remote_code
-
-
-def resolve_dtype(dtype: str | Any = "auto"):
-    """"auto" = bf16 on a GPU that supports it, else fp32 (CPU kernels are fastest in fp32)."""
-    import torch
-
-    if not isinstance(dtype, str):
-        return dtype
-    if dtype == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: {dtype!r} is not one of auto, {', '.join(sorted(DTYPES))}")
-    return getattr(torch, dtype)
-
-
-def _device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def prepare_tokenizer(tokenizer, padding_side: str = "left"):
-    """Chat template (own, else ChatML) and pad token (else EOS); generation-side padding."""
-    if not tokenizer.chat_template:
-        log.info("%s has no chat template: using the default ChatML template", tokenizer.name_or_path)
-        tokenizer.chat_template = CHATML_TEMPLATE
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ModelSpecError(f"{tokenizer.name_or_path}: tokenizer has neither a pad nor an EOS token")
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = padding_side
-    return tokenizer
+from alignflow.models.meta import META_FILE, ModelSpecError, read_meta
+from alignflow.models.specs import load_model_dir, resolve_spec, tokenizer_dir
 
 
 def load_tokenizer(spec_or_path: str, *, trust_remote_code: bool = False, padding_side: str = "left"):
     """The tokenizer of any model spec, with a chat template and a pad token."""
-    from transformers import AutoTokenizer
-
     check_trust_remote_code(trust_remote_code)
-    path = Path(spec_or_path)
     # A models/* dir carries the tokenizer (and template) it was trained with: prefer it.
-    if path.is_dir() and (path / "tokenizer_config.json").exists():
-        source = str(path)
-    else:
-        source = resolve_spec(spec_or_path, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    return prepare_tokenizer(tokenizer, padding_side)
-
-
-def _sync_pad(model, tokenizer) -> None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if config.pad_token_id is None:
-        config.pad_token_id = tokenizer.pad_token_id
-    gen = getattr(model, "generation_config", None)
-    if gen is not None and gen.pad_token_id is None:
-        gen.pad_token_id = tokenizer.pad_token_id
-
-
-def load_model_dir(path: Path, meta: dict, *, dtype="auto", trust_remote_code: bool = False, device: str | None = None):
-    """A models/* dir: base (a spec) + PEFT adapter -> PeftModel, or full weights."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    check_trust_remote_code(trust_remote_code)
-    kind = meta.get("kind", "causal_lm")
-    if kind not in ("causal_lm", "reward"):
-        raise ModelSpecError(f"{path}/{META_FILE}: kind {kind!r} is not a loadable model (causal_lm, reward)")
-    auto = AutoModelForSequenceClassification if kind == "reward" else AutoModelForCausalLM
-    extra = {"num_labels": 1} if kind == "reward" else {}
-    tokenizer = load_tokenizer(str(path), trust_remote_code=trust_remote_code)
-    torch_dtype = resolve_dtype(dtype)
-    if meta.get("adapter"):
-        from peft import PeftModel
-
-        if not meta.get("base"):
-            raise ModelSpecError(f"{path}/{META_FILE}: an adapter needs its 'base' model spec")
-        base_ref = resolve_base_ref(meta["base"], path)
-        check_base_digest(meta, base_ref, path)
-        if not (path / ADAPTER_WEIGHTS).exists():
-            # PEFT would fall back to a pickled adapter_model.bin: safetensors only.
-            raise ModelSpecError(f"{path}: no {ADAPTER_WEIGHTS} (only safetensors adapters are loaded)")
-        base_dir = resolve_spec(base_ref, trust_remote_code=trust_remote_code)
-        base = auto.from_pretrained(base_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                    use_safetensors=True, **extra)
-        _sync_pad(base, tokenizer)
-        model = PeftModel.from_pretrained(base, str(path))
-    else:
-        model = auto.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                     use_safetensors=True, **extra)
-        _sync_pad(model, tokenizer)
-    return model.to(_device(device)), tokenizer
+    source = tokenizer_dir(spec_or_path, trust_remote_code=trust_remote_code)
+    return tokenizer_from_dir(source, trust_remote_code=trust_remote_code, padding_side=padding_side)
 
 
 def load_causal_lm(spec_or_path: str, *, dtype="auto", trust_remote_code: bool = False, device: str | None = None):
@@ -168,8 +59,8 @@ def load_causal_lm(spec_or_path: str, *, dtype="auto", trust_remote_code: bool =
     model = AutoModelForCausalLM.from_pretrained(
         local, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
     )
-    _sync_pad(model, tokenizer)
-    return model.to(_device(device)), tokenizer
+    sync_pad(model, tokenizer)
+    return model.to(resolve_device(device)), tokenizer
 
 
 def load_reward_model(path_or_spec: str, *, dtype="auto", trust_remote_code: bool = False, device: str | None = None):
@@ -191,8 +82,8 @@ def load_reward_model(path_or_spec: str, *, dtype="auto", trust_remote_code: boo
     model = AutoModelForSequenceClassification.from_pretrained(
         local, num_labels=1, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
     )
-    _sync_pad(model, tokenizer)
-    return model.to(_device(device)), tokenizer
+    sync_pad(model, tokenizer)
+    return model.to(resolve_device(device)), tokenizer
 
 
 def save_model_dir(model, tokenizer, out_dir: str | os.PathLike, meta: dict, *, merged: bool = False) -> Path:

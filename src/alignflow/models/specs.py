@@ -18,6 +18,10 @@ Safetensors only: a model directory must hold `*.safetensors` weights and a hub 
 no pickled checkpoint; a hub model's own `*.py` code is fetched only with `trust_remote_code=True`
 (docs/SECURITY.md). Internal loads (GGUF conversion, tiny models, adapter merges) never trust
 remote code.
+
+An adapter dir resolves to a merged copy, and merging means opening the adapter on its (resolved)
+base: `load_model_dir` lives here for that reason, on the HF helpers of hf.py; loading.py builds
+the public loaders on top (meta <- hf <- specs <- loading, no import goes back up).
 """
 
 from __future__ import annotations
@@ -34,9 +38,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from alignflow.models.hf import (
+    ADAPTER_WEIGHTS,
+    check_trust_remote_code,
+    resolve_device,
+    resolve_dtype,
+    sync_pad,
+    tokenizer_from_dir,
+)
+from alignflow.models.meta import META_FILE, ModelSpecError, read_meta
+
 log = logging.getLogger(__name__)
 
-META_FILE = "alignflow_model.json"
 # Bump when the way a cached copy is built changes, so old copies are not reused.
 CACHE_VERSION = "1"
 
@@ -50,10 +63,6 @@ TINY_SEED = 1234
 TINY_CONTEXT = 1024
 # What a hub download fetches: config, safetensors weights, tokenizer, chat templates.
 HUB_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
-
-
-class ModelSpecError(ValueError):
-    """A model spec that cannot be resolved; the message says what is accepted."""
 
 
 def cache_root() -> Path:
@@ -227,16 +236,6 @@ def resolve_tiny(arch: str) -> Path:
 # --- saved pipeline models (models/*) ---------------------------------------------------------
 
 
-def read_meta(path: str | os.PathLike) -> dict | None:
-    meta = Path(path) / META_FILE
-    if not meta.exists():
-        return None
-    try:
-        return json.loads(meta.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ModelSpecError(f"{meta}: not valid JSON ({err})") from None
-
-
 def resolve_base_ref(base: str, model_dir: Path) -> str:
     """A base recorded in alignflow_model.json: a spec, or a path relative to the cwd/project."""
     if ":" in base.split("/")[0] or Path(base).is_absolute() or Path(base).exists():
@@ -286,8 +285,6 @@ def resolve_adapter_dir(path: Path, meta: dict) -> Path:
     key = f"merged-{meta.get('kind', 'causal_lm')}-{digest}-{hashlib.sha256(str(base_dir).encode()).hexdigest()[:8]}-v{CACHE_VERSION}"
 
     def build(out: Path) -> None:
-        from alignflow.models.loading import load_model_dir
-
         # Adapters are made by this pipeline on its own architectures: no remote code.
         model, tokenizer = load_model_dir(path, meta, dtype="float32", trust_remote_code=False, device="cpu")
         merged = model.merge_and_unload()
@@ -367,3 +364,50 @@ def context_length(spec: str) -> int | None:
                 if isinstance(cfg.get(key), int):
                     return cfg[key]
     return None
+
+
+# --- opening a models/* dir (an adapter merge needs it; loading.py re-exports it) -------------
+
+
+def tokenizer_dir(spec_or_path: str, *, trust_remote_code: bool = False) -> str:
+    """Where a spec's tokenizer loads from: a models/* dir carries the tokenizer (and template) it
+    was trained with, so it is preferred; anything else is resolved as a spec."""
+    path = Path(spec_or_path)
+    if path.is_dir() and (path / "tokenizer_config.json").exists():
+        return str(path)
+    return resolve_spec(spec_or_path, trust_remote_code=trust_remote_code)
+
+
+def load_model_dir(path: Path, meta: dict, *, dtype="auto", trust_remote_code: bool = False, device: str | None = None):
+    """A models/* dir: base (a spec) + PEFT adapter -> PeftModel, or full weights."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    check_trust_remote_code(trust_remote_code)
+    kind = meta.get("kind", "causal_lm")
+    if kind not in ("causal_lm", "reward"):
+        raise ModelSpecError(f"{path}/{META_FILE}: kind {kind!r} is not a loadable model (causal_lm, reward)")
+    auto = AutoModelForSequenceClassification if kind == "reward" else AutoModelForCausalLM
+    extra = {"num_labels": 1} if kind == "reward" else {}
+    tokenizer = tokenizer_from_dir(tokenizer_dir(str(path), trust_remote_code=trust_remote_code),
+                                   trust_remote_code=trust_remote_code)
+    torch_dtype = resolve_dtype(dtype)
+    if meta.get("adapter"):
+        from peft import PeftModel
+
+        if not meta.get("base"):
+            raise ModelSpecError(f"{path}/{META_FILE}: an adapter needs its 'base' model spec")
+        base_ref = resolve_base_ref(meta["base"], path)
+        check_base_digest(meta, base_ref, path)
+        if not (path / ADAPTER_WEIGHTS).exists():
+            # PEFT would fall back to a pickled adapter_model.bin: safetensors only.
+            raise ModelSpecError(f"{path}: no {ADAPTER_WEIGHTS} (only safetensors adapters are loaded)")
+        base_dir = resolve_spec(base_ref, trust_remote_code=trust_remote_code)
+        base = auto.from_pretrained(base_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                    use_safetensors=True, **extra)
+        sync_pad(base, tokenizer)
+        model = PeftModel.from_pretrained(base, str(path))
+    else:
+        model = auto.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                     use_safetensors=True, **extra)
+        sync_pad(model, tokenizer)
+    return model.to(resolve_device(device)), tokenizer

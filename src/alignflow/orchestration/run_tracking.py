@@ -1,4 +1,4 @@
-"""The MLflow parent run of one Airflow DAG run (docs/WORKFLOWS.md).
+"""The MLflow parent run of one Airflow DAG run (docs/ARCHITECTURE.md, "Tracking" and "Orchestration").
 
 The start task creates it and hands its id to every stage (ALIGNFLOW_PARENT_RUN_ID), so the
 stages' child runs and rolled-up metrics land under one run per retraining; the failure

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +86,47 @@ def normalize_logs(logs: dict[str, Any], method: str, beta: float | None = None)
 
 class MetricsLogger(MetricsSink):
     """Rank 0 of a hand-written loop (PPO): the launcher's MetricsSink (history + asynchronous
-    MLflow logging) and one log line per step."""
+    MLflow logging) and the same progress as the TRL methods (alignflow.progress.StepProgress:
+    a bar with step, reward/KL and ETA on a terminal, else a line every few steps).
 
-    def __init__(self, rank_zero: bool, run_id: str | None = None):
+    `total_steps` defaults to the steps the stage announced (ALIGNFLOW_PLANNED_STEPS)."""
+
+    def __init__(self, rank_zero: bool, run_id: str | None = None, total_steps: int | None = None,
+                 name: str = "align ppo"):
         super().__init__(run_id or os.environ.get(RUN_ID_ENV), rank_zero)
+        self.total_steps, self.name = total_steps, name
+        self.progress = None
+        self._replaying = False
+        self._ready = time.monotonic()  # the first step's start (after a resume: after the replay)
+        if rank_zero:
+            from alignflow import logs
+
+            logs.adopt_library_loggers()  # Ray Train configured its loggers when the run started
 
     def log(self, metrics: dict[str, Any], step: int) -> dict[str, float]:
         numeric = super().log(metrics, step)
-        if self.rank_zero:
-            log.info("step %d: %s", step, ", ".join(f"{k}={numeric[k]:.4g}" for k in CURVE_COLUMNS if k in numeric))
+        if self.rank_zero and not self._replaying:
+            if self.progress is None:  # created at the first live step: a resumed run starts there
+                from alignflow.progress import StepProgress, planned_total
+
+                self.progress = StepProgress(self.name, self.total_steps or planned_total(), initial=step - 1,
+                                             elapsed=time.monotonic() - self._ready)
+            self.progress.update(step, numeric)
         return numeric
+
+    def replay(self, rows: list[dict]) -> None:
+        self._replaying = True  # steps of the killed attempt: history and MLflow, not progress
+        try:
+            super().replay(rows)
+        finally:
+            self._replaying = False
+            self._ready = time.monotonic()
+
+    def close(self, timeout: float | None = None) -> list[int]:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+        return super().close() if timeout is None else super().close(timeout)
 
 
 def report_checkpoint(checkpoint_dir: str | os.PathLike | None, metrics: dict[str, Any]) -> None:

@@ -118,6 +118,11 @@ def generate_with_details(
     was_training = model.training
     model.eval()
     started, produced = time.perf_counter(), 0
+    shown = None
+    if progress:  # a bar on a terminal, else a line every few batches (alignflow.progress)
+        from alignflow.progress import StepProgress
+
+        shown = StepProgress("generate", -(-len(rows) // batch_size), keys=("tok/s",), unit="batch")
     try:
         for b, start in enumerate(range(0, len(rows), batch_size)):
             batch = rows[start : start + batch_size]
@@ -131,12 +136,12 @@ def generate_with_details(
                 text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
                 results[p][s] = Generation(text, finished, len(tokens) + int(finished))
                 produced += len(tokens) + int(finished)
-            if progress:
-                elapsed = time.perf_counter() - started
-                log.info("generated %d/%d sequences, %d tokens, %.1f tok/s",
-                         min(start + batch_size, len(rows)), len(rows), produced, produced / max(elapsed, 1e-9))
+            if shown is not None:
+                shown.update(b + 1, {"tok/s": produced / max(time.perf_counter() - started, 1e-9)})
     finally:
         model.train(was_training)
+        if shown is not None:
+            shown.close()
     return results  # type: ignore[return-value]
 
 

@@ -168,7 +168,7 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
         trainer.data_collator = lengths
     trainer.add_callback(curve_callback(method, beta, lengths))  # first: the later callbacks see the curve keys
     trainer.add_callback(finite_guard_callback())  # before logging and checkpointing callbacks
-    trainer = prepare_hf_trainer(trainer)
+    trainer = prepare_hf_trainer(trainer, name=f"align {method}")
     resume = resume_checkpoint(run_dir)
     started = time.perf_counter()
     result = train_or_restore(trainer, resume)

@@ -113,6 +113,7 @@ def runtime_args(params: Params) -> dict[str, Any]:
     import torch
 
     from alignflow.models import resolve_dtype
+    from alignflow.progress import is_tty
 
     on_gpu = torch.cuda.is_available() and params.ray.use_gpu
     dtype = resolve_dtype(params.model.dtype)
@@ -126,7 +127,8 @@ def runtime_args(params: Params) -> dict[str, Any]:
         seed=params.seed,
         data_seed=params.seed,
         report_to="none",
-        disable_tqdm=True,
+        # bars only on a terminal; prepare_hf_trainer swaps HF's callback for ours (step, loss, ETA)
+        disable_tqdm=not is_tty(),
         dataloader_num_workers=0,
         # keep NaN/inf visible to FiniteLossCallback instead of averaging them away
         logging_nan_inf_filter=False,

@@ -1,4 +1,4 @@
-"""Run a training loop on Ray Train (docs/TRAINING.md).
+"""Run a training loop on Ray Train (docs/ARCHITECTURE.md, "Execution"; docs/TRAINING.md).
 
 `run_training(train_loop, loop_config, params, name)` wraps `ray.train.torch.TorchTrainer`:
 - scaling from `params.ray` (`num_workers: 0` = Ray Train V2 local mode: the loop runs in this
@@ -467,15 +467,53 @@ class StepMetricsCallback(_trainer_callback_base()):
         self.sink.close()
 
 
-def prepare_hf_trainer(trainer, run_id: str | None = None, metrics_prefix: str = ""):
-    """Ray's `prepare_trainer` + `RayTrainReportCallback` + loss guard + rank-0 MLflow logging."""
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+class ProgressCallback(_trainer_callback_base()):
+    """Rank 0's progress (alignflow.progress.StepProgress): a bar with step, loss and ETA on a
+    terminal, else a concise line every few steps. Replaces HF's Printer/ProgressCallback, which
+    print every log entry as a dict."""
 
+    def __init__(self, name: str):
+        self.name = name
+        self.progress = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from alignflow.progress import StepProgress
+
+        if state.is_world_process_zero:
+            self.progress = StepProgress(self.name, state.max_steps, initial=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:  # HF's flow callback, first in the list, has set should_log
+            self.progress.advance(state.global_step, log_follows=control.should_log)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None and logs:
+            self.progress.log(state.global_step, logs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+
+
+def prepare_hf_trainer(trainer, run_id: str | None = None, metrics_prefix: str = "", name: str = "train"):
+    """Ray's `prepare_trainer` + `RayTrainReportCallback` + loss guard + rank-0 MLflow logging
+    and progress (`name` heads its lines)."""
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from transformers import PrinterCallback
+    from transformers import ProgressCallback as HFProgressCallback
+
+    from alignflow import logs
+
+    logs.adopt_library_loggers()  # Ray Train configured its loggers when the run started
     rank_zero = is_rank_zero()
     steps = StepMetricsCallback(run_id or os.environ.get(RUN_ID_ENV), rank_zero, metrics_prefix)
     trainer.add_callback(FiniteLossCallback())
     trainer.add_callback(RayTrainReportCallback())
     trainer.add_callback(steps)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(HFProgressCallback)
+    trainer.add_callback(ProgressCallback(name))
     trainer = prepare_trainer(trainer)
     trainer.step_metrics = steps  # read by the stage for its CSV
     return trainer

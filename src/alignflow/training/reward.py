@@ -105,7 +105,7 @@ def train_loop(config: dict) -> dict[str, Any]:
     )
     if len(trainer.train_dataset) == 0:
         raise InputError(f"{config['train_file']}: every pair is longer than reward.max_length ({section.max_length})")
-    trainer = prepare_hf_trainer(trainer)
+    trainer = prepare_hf_trainer(trainer, name="reward")
     resume = resume_checkpoint(run_dir)
     if resume:
         log.info("resuming from %s", resume)

@@ -167,7 +167,7 @@ def train_loop(config: dict) -> dict[str, Any]:
         processing_class=tokenizer,
         peft_config=common.lora_config(section, "CAUSAL_LM"),
     )
-    trainer = prepare_hf_trainer(trainer)
+    trainer = prepare_hf_trainer(trainer, name="sft")
     resume = resume_checkpoint(run_dir)
     if resume:
         log.info("resuming from %s", resume)

@@ -1,0 +1,152 @@
+"""eval's generations: every model (base, SFT, candidate, champion) answers the same benign and
+harmful prompts with the same sampling seed, one model (pair) in memory at a time."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from alignflow.config import Params
+from alignflow.evaluation import metrics as M
+from alignflow.evaluation.champion import fetch_champion
+from alignflow.evaluation.inputs import POLICY_DIR, SFT_DIR, EvalInputs
+from alignflow.evaluation.policy_metrics import implicit_accuracy, kl_vs_sft
+
+if TYPE_CHECKING:
+    from alignflow.evaluation.registry import RegisteredVersion
+
+log = logging.getLogger(__name__)
+
+CANDIDATE = "policy"  # the model name used in tables and plots for the candidate
+
+
+@dataclass
+class Generated:
+    """One model's responses on the benign (test) prompts and on the harmful prompts."""
+
+    name: str
+    responses: list[str]
+    finished: list[bool]
+    harmful: list[str]
+    rewards: list[float] = field(default_factory=list)
+    judge_scores: list[float] = field(default_factory=list)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(M.words(r)) for r in self.responses]
+
+
+def _generate(model, tokenizer, prompts: list[list[dict]], ep, seed: int):
+    from alignflow.rlhf.generation import generate_with_details
+
+    if not prompts:
+        return []
+    out = generate_with_details(model, tokenizer, prompts, n=1, max_new_tokens=ep.max_new_tokens,
+                                temperature=ep.temperature, top_p=ep.top_p, seed=seed,
+                                batch_size=ep.batch_size, progress=True)
+    return [g[0] for g in out]
+
+
+def generate_all(name: str, model, tokenizer, benign: list[list[dict]], harmful: list[list[dict]],
+                 ep, seed: int) -> Generated:
+    started = time.perf_counter()
+    gens = _generate(model, tokenizer, benign + harmful, ep, seed)
+    g_benign, g_harmful = gens[: len(benign)], gens[len(benign):]
+    log.info("%s: %d generations in %.1fs", name, len(gens), time.perf_counter() - started)
+    return Generated(name, [g.text for g in g_benign], [g.finished for g in g_benign], [g.text for g in g_harmful])
+
+
+class BestOfN:
+    """A best_of_n policy (kind best_of_n): the align stage's BestOfNPolicy — n samples, the reward
+    model picks — with the EOS flag taken from the text (the sampler does not report it)."""
+
+    def __init__(self, model_dir: Path):
+        from alignflow.rlhf.best_of_n import BestOfNPolicy
+
+        self.policy = BestOfNPolicy.from_dir(model_dir)
+        self.n = self.policy.n
+
+    def generate(self, name: str, benign, harmful, ep, seed: int) -> Generated:
+        from alignflow.rlhf.judges import rule_penalties
+
+        texts = self.policy.generate(benign + harmful, max_new_tokens=ep.max_new_tokens, seed=seed,
+                                     batch_size=ep.batch_size)
+        b, h = texts[: len(benign)], texts[len(benign):]
+        return Generated(name, b, [not rule_penalties(t)["truncated"] for t in b], h)
+
+
+def load_model(ref: str, params: Params):
+    from alignflow.models import load_causal_lm
+
+    return load_causal_lm(ref, dtype=params.model.dtype, trust_remote_code=params.model.trust_remote_code)
+
+
+def _generate_champion(cdir: Path, params: Params, benign, harmful) -> Generated:
+    from alignflow.models import read_meta
+
+    ep = params.eval
+    cmeta = read_meta(cdir) or {}
+    if cmeta.get("kind") == "best_of_n":
+        return BestOfN(cdir).generate("champion", benign, harmful, ep, params.seed)
+    model, tok = load_model(str(cdir), params)
+    return generate_all("champion", model, tok, benign, harmful, ep, params.seed)
+
+
+def generate_models(params: Params, inputs: EvalInputs, champion: RegisteredVersion | None,
+                    candidate_version: str | None, metrics: dict, notes: list[str]) -> dict[str, Generated]:
+    """Generations of base, SFT, candidate and champion (in table order); KL and implicit accuracy
+    while the candidate and SFT are both loaded. One model (pair) in memory at a time.
+
+    `champion`: the registry's `champion` version as eval read it at its start (None: none)."""
+    from alignflow.models import ModelSpecError, read_meta
+
+    ep, seed = params.eval, params.seed
+    benign, harmful, pairs = inputs.benign, inputs.harmful, inputs.pairs
+    gens: dict[str, Generated] = {}
+    if ep.include_base:
+        base, btok = load_model(params.model.base, params)
+        gens["base"] = generate_all("base", base, btok, benign, harmful, ep, seed)
+        del base
+        gc.collect()
+
+    sft, tok = load_model(str(SFT_DIR), params)
+    gens["sft"] = generate_all("sft", sft, tok, benign, harmful, ep, seed)
+    if (read_meta(POLICY_DIR) or {}).get("kind") == "best_of_n":
+        bon = BestOfN(POLICY_DIR)
+        candidate = bon.generate(CANDIDATE, benign, harmful, ep, seed)
+        metrics["kl_vs_sft"] = M.best_of_n_kl_bound(bon.n)  # vs its sampling policy (the SFT)
+        notes.append(f"best-of-{bon.n} candidate: kl_vs_sft is the analytic bound log n − (n−1)/n; "
+                     "no implicit accuracy (no trained log-ratio)")
+        del bon
+    else:
+        policy, ptok = load_model(str(POLICY_DIR), params)
+        candidate = generate_all(CANDIDATE, policy, ptok, benign, harmful, ep, seed)
+        kl = kl_vs_sft(policy, sft, ptok, benign, candidate.responses, ep)
+        metrics.update(kl_vs_sft=kl["k3_seq"], kl_vs_sft_k1=kl["k1_seq"], kl_vs_sft_per_token=kl["k3_token"])
+        if pairs:
+            metrics["policy_implicit_accuracy"] = implicit_accuracy(policy, sft, ptok, pairs, ep)
+        del policy
+    del sft
+    gc.collect()
+
+    if params.tracking.register_models and ep.compare_champion:
+        with tempfile.TemporaryDirectory(prefix="alignflow-eval-") as tmp:
+            fetched = fetch_champion(champion, params, candidate_version, Path(tmp))
+            if fetched is not None:
+                version, cdir = fetched
+                try:
+                    gens["champion"] = _generate_champion(cdir, params, benign, harmful)
+                    metrics["champion_version"] = int(version)
+                except (ModelSpecError, OSError, ValueError, KeyError) as err:
+                    # e.g. an adapter whose base (models/sft) was retrained since: a broken champion
+                    # must not block judging the candidate (the gate then compares with SFT)
+                    log.warning("champion v%s cannot be loaded: %s", version, err)
+                    notes.append(f"champion v{version} could not be loaded ({err}); compared with SFT instead")
+                gc.collect()
+    gens[CANDIDATE] = candidate
+    return gens
