@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from alignflow import threads
 from alignflow.config import Params, ParamsError, load_params
 from alignflow.io import InputError, write_metrics
 from alignflow.scratch import StageBusyError
@@ -91,8 +92,14 @@ def stage_main(stage: str, fn: StageFn, argv: list[str] | None = None, system_me
     args = parser.parse_args(argv)
     setup_logging()
     try:
+        # Before torch loads (stages import it lazily): OpenMP reads its settings then. Logged,
+        # hence after setup_logging.
+        threads.configure_env()
+        threads.apply()
         params = load_params(args.params, parse_overrides(args.set))
         run_stage(stage, fn, params, system_metrics=system_metrics)
-    except (ParamsError, InputError, StageBusyError, TrackingUnavailable) as err:
+    except (ParamsError, InputError, StageBusyError, TrackingUnavailable, threads.ThreadsError) as err:
         print(f"alignflow {stage}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        threads.release()

@@ -125,12 +125,15 @@ def test_best_of_n_policy_picks_the_reward_models_favourite(eval_project):
     pdir.mkdir()
     (pdir / "alignflow_model.json").write_text(json.dumps(
         {"kind": "best_of_n", "policy": "models/sft", "reward": "models/reward", "n": 3, "temperature": 0.8}))
-    bon = BestOfN(pdir)
+    bon = BestOfN(pdir, params)
     prompts = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Say hi."}]]
     out = bon.generate("policy", prompts[:1], prompts[1:], params.eval, seed=7)
     pol = bon.policy
-    samples = generation.generate(pol.policy, pol.tokenizer, prompts, n=3, max_new_tokens=6, temperature=0.8,
-                                  top_p=pol.top_p, seed=7, batch_size=params.eval.batch_size, progress=False)
+    assert out.backend == pol.generator.name == generation.choose_backend(params.eval.backend, param="eval.backend")
+    # the same engine, prompts and seed draw the same candidates (the seed covers the whole call)
+    details = pol.generator.generate_with_details(prompts, n=3, max_new_tokens=6, temperature=0.8, top_p=pol.top_p,
+                                                  seed=7, batch_size=params.eval.batch_size, progress=False)
+    samples = [[g.text for g in gens] for gens in details]
     for prompt, cands, chosen in zip(prompts, samples, [out.responses[0], out.harmful[0]]):
         scores = reward_scores(pol.reward_model, pol.reward_tokenizer, [prompt] * 3, cands, params.eval)
         assert chosen == cands[max(range(3), key=scores.__getitem__)]

@@ -57,7 +57,9 @@ def test_eos_ids_include_chatml_end(tiny):
     assert tok.convert_tokens_to_ids("<|im_end|>") in generation.eos_token_ids(model, tok)
 
 
-def test_sample_stage(tmp_path, monkeypatch, tracker, tiny):
+@pytest.mark.parametrize(("wanted", "used"), [("hf", "hf"), ("auto", "ct2")])
+def test_sample_stage(tmp_path, monkeypatch, tracker, tiny, wanted, used):
+    """auto samples on CTranslate2 (installed with the project), the LoRA adapter merged in."""
     from peft import LoraConfig, get_peft_model
 
     from alignflow.models import save_model_dir
@@ -70,13 +72,14 @@ def test_sample_stage(tmp_path, monkeypatch, tracker, tiny):
                 [{"id": f"p{i}", "prompt": PROMPTS[i % 3], "reference": "Blue.", "task": "t", "source": "s"}
                  for i in range(5)])
     params = validate({"model": {"base": "tiny:llama"},
-                       "sample": {"k": 2, "max_new_tokens": 4, "max_prompts": 4, "temperature": 0.9}})
+                       "sample": {"k": 2, "max_new_tokens": 4, "max_prompts": 4, "temperature": 0.9,
+                                  "backend": wanted}})
     metrics = sample.run(params, tracker)
     recs = list(read_jsonl("data/samples/samples.jsonl"))
     assert len(recs) == 4 and metrics["responses"] == 8 and metrics["prompts"] == 4
     assert recs[0]["prompt_id"] == "p0" and recs[0]["reference"] == "Blue." and len(recs[0]["responses"]) == 2
     assert recs[0]["gen"] == {"k": 2, "temperature": 0.9, "top_p": 0.95, "max_new_tokens": 4, "seed": 42,
-                              "model": "models/sft", "backend": "hf"}
+                              "model": "models/sft", "backend": used}
     assert len(recs[0]["finished"]) == 2 and metrics["tokens_per_s"] > 0
 
 

@@ -15,6 +15,9 @@ class ModelParams(Section):
     trust_remote_code: bool = False
     # Training/generation dtype; "auto" = bf16 on a GPU that supports it, else fp32.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # CTranslate2 generation (sample/eval backend ct2): float32 keeps HF's greedy tokens; the int8
+    # modes are faster but change most greedy tokens of a 135M model (bench/sample_throughput.py).
+    engine_compute_type: Literal["float32", "int8_float32", "int8"] = "float32"
     # Used when the model has no chat template of its own (documented default: ChatML).
     default_chat_template: Literal["chatml"] = "chatml"
     # "auto" = the library default (sdpa); flash attention needs a GPU and the flash-attn package.

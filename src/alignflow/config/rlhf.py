@@ -21,7 +21,8 @@ class SampleParams(Section):
     seed: int | None = Field(None, description="null = the top-level seed")
     max_prompts: int | None = Field(None, ge=1, description="cap on prompts from prompts_train.jsonl; null = all")
     batch_size: int = Field(16, ge=1, description="sequences per generate() call (prompts × k)")
-    backend: Literal["auto", "hf", "vllm"] = Field("auto", description="auto = vLLM when importable and on a GPU")
+    backend: Literal["auto", "hf", "ct2", "vllm"] = Field(
+        "auto", description="auto = vLLM on a GPU when installed, else CTranslate2 when installed, else hf")
 
     @model_validator(mode="after")
     def _greedy_needs_one(self):

@@ -91,6 +91,7 @@ def run(params: Params, tracker) -> dict[str, Any]:
 
     notes: list[str] = []
     gens = generate_models(params, inputs, champion, candidate_version, metrics, notes)
+    tracker.set_tags({f"eval.backend.{name}": g.backend for name, g in gens.items()})
     score_with_reward_model(params, inputs, gens, metrics)
     winrates, cis = judge_and_compare(params, inputs, gens, metrics)
     metrics.update(descriptive_metrics(gens))

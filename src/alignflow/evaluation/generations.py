@@ -34,6 +34,7 @@ class Generated:
     finished: list[bool]
     harmful: list[str]
     rewards: list[float] = field(default_factory=list)
+    backend: str = "hf"  # the generation engine that wrote the responses
     judge_scores: list[float] = field(default_factory=list)
 
     @property
@@ -41,34 +42,46 @@ class Generated:
         return [len(M.words(r)) for r in self.responses]
 
 
-def _generate(model, tokenizer, prompts: list[list[dict]], ep, seed: int):
-    from alignflow.rlhf.generation import generate_with_details
-
-    if not prompts:
-        return []
-    out = generate_with_details(model, tokenizer, prompts, n=1, max_new_tokens=ep.max_new_tokens,
-                                temperature=ep.temperature, top_p=ep.top_p, seed=seed,
-                                batch_size=ep.batch_size, progress=True)
-    return [g[0] for g in out]
-
-
-def generate_all(name: str, model, tokenizer, benign: list[list[dict]], harmful: list[list[dict]],
+def generate_all(name: str, generator, benign: list[list[dict]], harmful: list[list[dict]],
                  ep, seed: int) -> Generated:
+    """One model's answers to the benign and the harmful prompts, in one batched call."""
     started = time.perf_counter()
-    gens = _generate(model, tokenizer, benign + harmful, ep, seed)
+    prompts = benign + harmful
+    gens = [g[0] for g in generator.generate_with_details(
+        prompts, n=1, max_new_tokens=ep.max_new_tokens, temperature=ep.temperature, top_p=ep.top_p, seed=seed,
+        batch_size=ep.batch_size, progress=True)] if prompts else []
     g_benign, g_harmful = gens[: len(benign)], gens[len(benign):]
-    log.info("%s: %d generations in %.1fs", name, len(gens), time.perf_counter() - started)
-    return Generated(name, [g.text for g in g_benign], [g.finished for g in g_benign], [g.text for g in g_harmful])
+    log.info("%s: %d generations with %s in %.1fs", name, len(gens), generator.name, time.perf_counter() - started)
+    return Generated(name, [g.text for g in g_benign], [g.finished for g in g_benign], [g.text for g in g_harmful],
+                     backend=generator.name)
+
+
+def eval_backend(params: Params) -> str:
+    from alignflow.rlhf.generation import choose_backend
+
+    return choose_backend(params.eval.backend, param="eval.backend")
+
+
+def generator_for(ref: str, params: Params, loaded=None):
+    """The eval.backend generator for model `ref`; `loaded` = its HF (model, tokenizer) when the
+    caller holds them anyway (KL needs the candidate and SFT on HF): hf then reuses them."""
+    from alignflow.rlhf.generation import make_generator
+
+    return make_generator(ref, eval_backend(params), trust_remote_code=params.model.trust_remote_code,
+                          dtype=params.model.dtype, compute_type=params.model.engine_compute_type, loaded=loaded,
+                          fallback=params.eval.backend == "auto")
 
 
 class BestOfN:
     """A best_of_n policy (kind best_of_n): the align stage's BestOfNPolicy — n samples, the reward
     model picks — with the EOS flag taken from the text (the sampler does not report it)."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, params: Params):
         from alignflow.rlhf.best_of_n import BestOfNPolicy
 
-        self.policy = BestOfNPolicy.from_dir(model_dir)
+        self.backend = eval_backend(params)
+        self.policy = BestOfNPolicy.from_dir(model_dir, backend=self.backend,
+                                             compute_type=params.model.engine_compute_type)
         self.n = self.policy.n
 
     def generate(self, name: str, benign, harmful, ep, seed: int) -> Generated:
@@ -77,7 +90,8 @@ class BestOfN:
         texts = self.policy.generate(benign + harmful, max_new_tokens=ep.max_new_tokens, seed=seed,
                                      batch_size=ep.batch_size)
         b, h = texts[: len(benign)], texts[len(benign):]
-        return Generated(name, b, [not rule_penalties(t)["truncated"] for t in b], h)
+        return Generated(name, b, [not rule_penalties(t)["truncated"] for t in b], h,
+                         backend=self.policy.generator.name)
 
 
 def load_model(ref: str, params: Params):
@@ -92,9 +106,8 @@ def _generate_champion(cdir: Path, params: Params, benign, harmful) -> Generated
     ep = params.eval
     cmeta = read_meta(cdir) or {}
     if cmeta.get("kind") == "best_of_n":
-        return BestOfN(cdir).generate("champion", benign, harmful, ep, params.seed)
-    model, tok = load_model(str(cdir), params)
-    return generate_all("champion", model, tok, benign, harmful, ep, params.seed)
+        return BestOfN(cdir, params).generate("champion", benign, harmful, ep, params.seed)
+    return generate_all("champion", generator_for(str(cdir), params), benign, harmful, ep, params.seed)
 
 
 def generate_models(params: Params, inputs: EvalInputs, champion: RegisteredVersion | None,
@@ -109,15 +122,13 @@ def generate_models(params: Params, inputs: EvalInputs, champion: RegisteredVers
     benign, harmful, pairs = inputs.benign, inputs.harmful, inputs.pairs
     gens: dict[str, Generated] = {}
     if ep.include_base:
-        base, btok = load_model(params.model.base, params)
-        gens["base"] = generate_all("base", base, btok, benign, harmful, ep, seed)
-        del base
+        gens["base"] = generate_all("base", generator_for(params.model.base, params), benign, harmful, ep, seed)
         gc.collect()
 
     sft, tok = load_model(str(SFT_DIR), params)
-    gens["sft"] = generate_all("sft", sft, tok, benign, harmful, ep, seed)
+    gens["sft"] = generate_all("sft", generator_for(str(SFT_DIR), params, (sft, tok)), benign, harmful, ep, seed)
     if (read_meta(POLICY_DIR) or {}).get("kind") == "best_of_n":
-        bon = BestOfN(POLICY_DIR)
+        bon = BestOfN(POLICY_DIR, params)
         candidate = bon.generate(CANDIDATE, benign, harmful, ep, seed)
         metrics["kl_vs_sft"] = M.best_of_n_kl_bound(bon.n)  # vs its sampling policy (the SFT)
         notes.append(f"best-of-{bon.n} candidate: kl_vs_sft is the analytic bound log n − (n−1)/n; "
@@ -125,7 +136,8 @@ def generate_models(params: Params, inputs: EvalInputs, champion: RegisteredVers
         del bon
     else:
         policy, ptok = load_model(str(POLICY_DIR), params)
-        candidate = generate_all(CANDIDATE, policy, ptok, benign, harmful, ep, seed)
+        candidate = generate_all(CANDIDATE, generator_for(str(POLICY_DIR), params, (policy, ptok)), benign, harmful,
+                                 ep, seed)
         kl = kl_vs_sft(policy, sft, ptok, benign, candidate.responses, ep)
         metrics.update(kl_vs_sft=kl["k3_seq"], kl_vs_sft_k1=kl["k1_seq"], kl_vs_sft_per_token=kl["k3_token"])
         if pairs:

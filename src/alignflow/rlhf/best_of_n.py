@@ -38,8 +38,7 @@ class BestOfN:
 
 
 def generate_best_of_n(
-    policy,
-    tokenizer,
+    generator,
     reward_model,
     reward_tokenizer,
     prompts: list[Messages],
@@ -51,12 +50,13 @@ def generate_best_of_n(
     seed: int = 0,
     batch_size: int = 8,
 ) -> list[BestOfN]:
-    """For each prompt: `n` samples of the policy, each scored by the reward model; the best wins."""
-    from alignflow.rlhf.generation import generate
+    """For each prompt: `n` samples of the policy (any generation back end: generation.make_generator),
+    each scored by the reward model; the best wins."""
     from alignflow.rlhf.judges import score_with_reward_model
 
-    samples = generate(policy, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_p=top_p, seed=seed, batch_size=batch_size, progress=False)
+    details = generator.generate_with_details(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                                              top_p=top_p, seed=seed, batch_size=batch_size, progress=False)
+    samples = [[g.text for g in gens] for gens in details]
     flat_prompts = [p for p, cands in zip(prompts, samples) for _ in cands]
     flat = [c for cands in samples for c in cands]
     flat_scores = score_with_reward_model(reward_model, reward_tokenizer, flat_prompts, flat, batch_size)
@@ -70,18 +70,23 @@ def generate_best_of_n(
 
 
 class BestOfNPolicy:
-    """A best-of-N "policy" loaded from its models/policy dir."""
+    """A best-of-N "policy" loaded from its models/policy dir.
+
+    `backend` (hf | ct2) is the engine the N samples are drawn with; `compute_type` is ct2's."""
 
     def __init__(self, policy_dir: str, reward_dir: str, n: int, temperature: float = 0.8, top_p: float = 0.95,
-                 device: str | None = None):
-        from alignflow.models import load_causal_lm, load_reward_model
+                 device: str | None = None, backend: str = "hf", compute_type: str = "float32"):
+        from alignflow.models import load_reward_model
+        from alignflow.rlhf.generation import make_generator
 
         self.n, self.temperature, self.top_p = n, temperature, top_p
-        self.policy, self.tokenizer = load_causal_lm(policy_dir, device=device)
+        self.generator = make_generator(policy_dir, backend, compute_type=compute_type, fallback=True)
+        self.tokenizer = self.generator.tokenizer
         self.reward_model, self.reward_tokenizer = load_reward_model(reward_dir, device=device)
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike = "models/policy", device: str | None = None) -> "BestOfNPolicy":
+    def from_dir(cls, path: str | os.PathLike = "models/policy", device: str | None = None, backend: str = "hf",
+                 compute_type: str = "float32") -> "BestOfNPolicy":
         from alignflow.models.specs import resolve_base_ref
 
         path = Path(path)
@@ -89,7 +94,7 @@ class BestOfNPolicy:
         if meta.get("kind") != KIND:
             raise ValueError(f"{path}: kind {meta.get('kind')!r} is not {KIND}")
         return cls(resolve_base_ref(meta["policy"], path), resolve_base_ref(meta["reward"], path), int(meta["n"]),
-                   meta.get("temperature", 0.8), meta.get("top_p", 0.95), device)
+                   meta.get("temperature", 0.8), meta.get("top_p", 0.95), device, backend, compute_type)
 
     def generate(self, prompts: list[Messages], *, max_new_tokens: int = 128, seed: int = 0,
                  batch_size: int = 8, n: int | None = None) -> list[str]:
@@ -98,7 +103,7 @@ class BestOfNPolicy:
 
     def generate_with_scores(self, prompts: list[Messages], *, max_new_tokens: int = 128, seed: int = 0,
                              batch_size: int = 8, n: int | None = None) -> list[BestOfN]:
-        return generate_best_of_n(self.policy, self.tokenizer, self.reward_model, self.reward_tokenizer, prompts,
+        return generate_best_of_n(self.generator, self.reward_model, self.reward_tokenizer, prompts,
                                   n=n or self.n, max_new_tokens=max_new_tokens, temperature=self.temperature,
                                   top_p=self.top_p, seed=seed, batch_size=batch_size)
 

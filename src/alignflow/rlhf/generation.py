@@ -5,9 +5,11 @@ padding, prompts are left-padded so every row's next token sits in the same colu
 is on, and a row stops at EOS (the batch stops when all rows have). Each prompt is expanded to
 its `n` samples inside the batch, so K samples cost one prefill batch, not K loops.
 
-Back ends: `generate` (HF `model.generate`, in-process), `generate_vllm` (vLLM, when installed and
-a GPU is present), `generate_ray` (Ray Data `map_batches` over an actor pool of model replicas,
-for `ray.num_workers > 1` or a cluster).
+Back ends: `generate` (HF `model.generate`, in-process: the reference), `ct2_engine.CT2Generator`
+(CTranslate2, a C++ engine: the fastest on a CPU), `generate_vllm` (vLLM, when installed and a GPU
+is present), `generate_ray` (Ray Data `map_batches` over an actor pool of model replicas, for
+`ray.num_workers > 1` or a cluster). `choose_backend` + `make_generator` pick one for a stage;
+every back end returns the same `Generation` records for the same prompts and sampling params.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import importlib.util
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from alignflow import threads
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +32,16 @@ class Generation:
     text: str
     finished: bool  # stopped at EOS (False = cut at max_new_tokens)
     num_tokens: int  # generated tokens, EOS included
+    token_ids: list[int] = field(default_factory=list)  # generated ids, EOS excluded (fidelity checks)
 
 
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a turn: the tokenizer's EOS, the generation config's, ChatML's <|im_end|>."""
+def eos_token_ids(model, tokenizer, generation_config=None) -> list[int]:
+    """Every id that ends a turn: the tokenizer's EOS, the generation config's, ChatML's <|im_end|>.
+
+    `generation_config` stands in for the model's when there is no HF model (an engine's)."""
     ids: set[int] = set()
-    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+    config = generation_config if generation_config is not None else getattr(model, "generation_config", None)
+    for source in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
         if isinstance(source, int):
             ids.add(source)
         elif isinstance(source, (list, tuple)):
@@ -125,6 +133,7 @@ def generate_with_details(
         shown = StepProgress("generate", -(-len(rows) // batch_size), keys=("tok/s",), unit="batch")
     try:
         for b, start in enumerate(range(0, len(rows), batch_size)):
+            threads.rebalance()  # another alignflow process started or ended: take a fair share
             batch = rows[start : start + batch_size]
             ids, mask = left_pad([encoded[p] for p, _ in batch], pad_id)
             # Seeded per batch: the same prompts, params and seed give the same samples.
@@ -134,7 +143,7 @@ def generate_with_details(
             for (p, s), row in zip(batch, out[:, ids.shape[1]:].cpu()):
                 tokens, finished = split_generated(row, set(eos_ids), pad_id)
                 text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-                results[p][s] = Generation(text, finished, len(tokens) + int(finished))
+                results[p][s] = Generation(text, finished, len(tokens) + int(finished), tokens)
                 produced += len(tokens) + int(finished)
             if shown is not None:
                 shown.update(b + 1, {"tok/s": produced / max(time.perf_counter() - started, 1e-9)})
@@ -163,6 +172,89 @@ def generate(
                                     temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
                                     progress=progress)
     return [[g.text for g in gens] for gens in details]
+
+
+def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """Share of positions where two decodings of the same prompts agree, up to each pair's first
+    divergence (after which greedy decoding continues from different prefixes): the fidelity
+    measure of an engine against HF greedy, 1.0 = identical."""
+    same = total = 0
+    for x, y in zip(a, b, strict=True):
+        n = max(len(x), len(y))
+        k = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+        same, total = same + k, total + n
+    return same / total if total else 1.0
+
+
+class HFGenerator:
+    """The reference back end: an in-process HF model (already loaded) behind the engine contract."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def generate_with_details(self, prompts: list[Messages], **kwargs) -> list[list[Generation]]:
+        return generate_with_details(self.model, self.tokenizer, prompts, **kwargs)
+
+
+def choose_backend(wanted: str, *, param: str, vllm_ok: bool = False) -> str:
+    """The generation back end for a stage: `wanted` is the param's value, `param` its name (errors
+    name it). auto = vLLM on a GPU (where the stage supports it), else HF on any other GPU (the
+    engines here are CPU builds), else CTranslate2 when installed, else HF with a log line."""
+    from alignflow.rlhf import ct2_engine
+
+    if wanted == "vllm":
+        if not vllm_available():
+            raise RuntimeError(f"{param}: vllm needs the vllm package and a CUDA GPU")
+        return "vllm"
+    if wanted == "ct2":
+        if not ct2_engine.installed():
+            raise RuntimeError(f"{param}: ct2 needs the ctranslate2 package (pip install ctranslate2), "
+                               "or set it to auto or hf")
+        return "ct2"
+    if wanted != "auto":
+        return wanted
+    if vllm_ok and vllm_available():
+        return "vllm"
+    if _cuda():
+        return "hf"
+    if ct2_engine.installed():
+        return "ct2"
+    log.info("%s: auto -> hf (ctranslate2 is not installed; pip install ctranslate2 for ~1.7x faster CPU generation)",
+             param)
+    return "hf"
+
+
+def make_generator(ref: str, backend: str, *, trust_remote_code: bool = False, dtype="auto",
+                   compute_type: str = "float32", loaded=None, fallback: bool = False):
+    """A generator for the model `ref` (any model spec or models/* dir) on `backend` (hf | ct2).
+
+    `loaded`: the (model, tokenizer) a caller already holds for `ref` (hf reuses it, no second load).
+    `fallback`: a model CTranslate2 cannot convert (an architecture it lacks) runs on HF with a
+    warning instead of failing: what `auto` promises."""
+    if backend == "ct2":
+        from alignflow.rlhf.ct2_engine import CT2Generator, UnsupportedModel
+
+        try:
+            return CT2Generator(ref, trust_remote_code=trust_remote_code, compute_type=compute_type)
+        except UnsupportedModel as err:
+            if not fallback:
+                raise
+            log.warning("%s: CTranslate2 cannot run it (%s); generating with HF", ref, err)
+    if loaded is None:
+        from alignflow.models import load_causal_lm
+
+        loaded = load_causal_lm(ref, dtype=dtype, trust_remote_code=trust_remote_code)
+    return HFGenerator(*loaded)
+
+
+def _cuda() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,17 +44,16 @@ def load_prompts(path: str | os.PathLike, limit: int | None = None) -> list[dict
 
 
 def choose_backend(params) -> str:
-    """vllm (GPU + vllm installed), ray (several workers or a cluster), else hf in-process."""
-    from alignflow.rlhf.generation import vllm_available
+    """vllm (GPU + vllm installed), ray (several workers or a cluster), ct2 (CTranslate2 on a CPU),
+    else hf in-process (generation.choose_backend says when and why)."""
+    from alignflow.rlhf.generation import choose_backend as choose
 
-    wanted = params.sample.backend
-    if wanted == "vllm" or (wanted == "auto" and vllm_available()):
-        if not vllm_available():
-            raise RuntimeError("sample.backend: vllm needs the vllm package and a CUDA GPU")
-        return "vllm"
+    backend = choose(params.sample.backend, param="sample.backend", vllm_ok=True)
+    if backend == "vllm":
+        return backend
     if params.ray.num_workers > 1 or params.ray.address or os.environ.get("RAY_ADDRESS"):
         return "ray"
-    return "hf"
+    return backend
 
 
 def sample_prompts(params, prompts: list[list[dict]], model_dir: str | os.PathLike = SFT_DIR) -> tuple[list[list[Generation]], str]:
@@ -62,11 +61,11 @@ def sample_prompts(params, prompts: list[list[dict]], model_dir: str | os.PathLi
     seed = cfg.seed if cfg.seed is not None else params.seed
     gen = dict(n=cfg.k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
     backend = choose_backend(params)
+    trust = params.model.trust_remote_code
     if backend == "vllm":
         from alignflow.models import resolve_spec
         from alignflow.rlhf.generation import generate_vllm
 
-        trust = params.model.trust_remote_code
         return generate_vllm(resolve_spec(str(model_dir), trust_remote_code=trust), prompts,
                              trust_remote_code=trust, **gen), backend
     if backend == "ray":
@@ -77,13 +76,13 @@ def sample_prompts(params, prompts: list[list[dict]], model_dir: str | os.PathLi
         return generate_ray(str(Path(model_dir).resolve()), prompts, num_workers=workers,
                             cpus_per_worker=res.get("CPU", 1), gpus_per_worker=res.get("GPU", 0.0) if params.ray.use_gpu else 0.0,
                             rows_per_call=max(1, cfg.batch_size // cfg.k), batch_size=cfg.batch_size,
-                            trust_remote_code=params.model.trust_remote_code, **gen), backend
-    from alignflow.models import load_causal_lm
-    from alignflow.rlhf.generation import generate_with_details
+                            trust_remote_code=trust, **gen), backend
+    from alignflow.rlhf.generation import make_generator
 
-    model, tokenizer = load_causal_lm(str(model_dir), dtype=params.model.dtype,
-                                      trust_remote_code=params.model.trust_remote_code)
-    return generate_with_details(model, tokenizer, prompts, batch_size=cfg.batch_size, **gen), backend
+    generator = make_generator(str(model_dir), backend, trust_remote_code=trust, dtype=params.model.dtype,
+                               compute_type=params.model.engine_compute_type,
+                               fallback=params.sample.backend == "auto")
+    return generator.generate_with_details(prompts, batch_size=cfg.batch_size, **gen), generator.name
 
 
 def run(params, tracker) -> dict:

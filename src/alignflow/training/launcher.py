@@ -299,6 +299,12 @@ def _worker_entry(train_loop: Callable[[dict], Any]) -> Callable[[dict], Any]:
         if RUN_ID_ENV not in env:
             previous.setdefault(RUN_ID_ENV, os.environ.pop(RUN_ID_ENV, None))
         try:
+            # A Ray Train worker is a process of its own that never went through stage_main: our
+            # log format, and torch on the CPUs Ray assigned it (in local mode: what the stage chose).
+            from alignflow import logs, threads
+
+            logs.setup()
+            threads.apply()
             return train_loop(config)
         except Exception as err:
             if _is_oom(err):
@@ -483,6 +489,9 @@ class ProgressCallback(_trainer_callback_base()):
             self.progress = StepProgress(self.name, state.max_steps, initial=state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
+        from alignflow import threads
+
+        threads.rebalance()  # another alignflow process started or ended: take a fair share
         if self.progress is not None:  # HF's flow callback, first in the list, has set should_log
             self.progress.advance(state.global_step, log_follows=control.should_log)
 
