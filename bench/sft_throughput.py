@@ -32,7 +32,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_CANDIDATES = (ROOT / "data/sample/alpaca_2000.json", Path("/work/shared/data/alpaca_5000.json"))
+DATA_CANDIDATES = (ROOT / "data/sample/alpaca_2000.json",)
 
 
 def alpaca_conversations(path: Path, n: int, seed: int) -> list[dict]:
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(args.data) if args.data else next((p for p in DATA_CANDIDATES if p.exists()), None)
     if data is None:
-        print("no Alpaca data found (data/sample/alpaca_2000.json or /work/shared/data/alpaca_5000.json)", file=sys.stderr)
+        print("no Alpaca data found (data/sample/alpaca_2000.json)", file=sys.stderr)
         return 2
     records = alpaca_conversations(data, args.examples, args.seed)
     t0 = time.perf_counter()

@@ -263,7 +263,7 @@ def test_compose_docker_socket_only_to_the_scheduler_through_its_group():
 
 def compose_command() -> list[str] | None:
     """A compose implementation that has `config`: docker compose v2, podman compose, podman-compose
-    (>= 1.1; `source ../shared/tools/podman-env.sh` sets up podman), docker-compose v2."""
+    (>= 1.1), docker-compose v2."""
     for cmd in (["docker", "compose"], ["podman", "compose"], ["podman-compose"], ["docker-compose"]):
         if not shutil.which(cmd[0]):
             continue

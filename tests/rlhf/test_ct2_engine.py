@@ -51,7 +51,9 @@ def test_engine_missing_auto_falls_back_to_hf_with_a_log_line(monkeypatch, caplo
     with caplog.at_level(logging.INFO, logger="alignflow.rlhf.generation"):
         assert generation.choose_backend("auto", param="sample.backend") == "hf"
     assert "sample.backend: auto -> hf" in caplog.text and "ctranslate2 is not installed" in caplog.text
-    with pytest.raises(RuntimeError, match="sample.backend: ct2 needs the ctranslate2 package"):
+    from alignflow.config import ParamsError
+
+    with pytest.raises(ParamsError, match="sample.backend: ct2 needs the ctranslate2 package"):
         generation.choose_backend("ct2", param="sample.backend")
 
 

@@ -202,15 +202,17 @@ def choose_backend(wanted: str, *, param: str, vllm_ok: bool = False) -> str:
     """The generation back end for a stage: `wanted` is the param's value, `param` its name (errors
     name it). auto = vLLM on a GPU (where the stage supports it), else HF on any other GPU (the
     engines here are CPU builds), else CTranslate2 when installed, else HF with a log line."""
+    from alignflow.config import ParamsError
     from alignflow.rlhf import ct2_engine
 
+    # ParamsError: the stage prints it as one line (alignflow <stage>: error: ...), exit 2
     if wanted == "vllm":
         if not vllm_available():
-            raise RuntimeError(f"{param}: vllm needs the vllm package and a CUDA GPU")
+            raise ParamsError(f"{param}: vllm needs the vllm package and a CUDA GPU")
         return "vllm"
     if wanted == "ct2":
         if not ct2_engine.installed():
-            raise RuntimeError(f"{param}: ct2 needs the ctranslate2 package (pip install ctranslate2), "
+            raise ParamsError(f"{param}: ct2 needs the ctranslate2 package (pip install ctranslate2), "
                                "or set it to auto or hf")
         return "ct2"
     if wanted != "auto":
