@@ -259,3 +259,18 @@ def test_ppo_metrics_logger_shows_progress_from_its_first_live_step(own_logging,
     ]
     assert all(re.search(r"s/step · ETA \d\d:\d\d$", line) for line in lines)
     assert [row["step"] for row in logger.history] == [1, 2, 3, 4]
+
+
+def test_library_bars_are_off_when_stderr_is_not_a_terminal(monkeypatch):
+    """Every tqdm a library starts (TRL's reference log-prob pass reads TQDM_DISABLE itself)."""
+    from alignflow import progress
+
+    for key in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(key, "")  # recorded, so the test's own settings are undone afterwards
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(progress, "is_tty", lambda: False)
+    logs._quiet_progress_bars()
+    assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    from tqdm import tqdm
+
+    assert tqdm(range(3)).disable  # tqdm's own default follows TQDM_DISABLE

@@ -168,6 +168,7 @@ def _quiet_progress_bars() -> None:
     # read when the libraries are imported (usually later: they are imported lazily)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow the hub's
+    os.environ.setdefault("TQDM_DISABLE", "1")  # any other tqdm, e.g. TRL's reference log-prob pass
     # already imported (components import the launcher, hence transformers, before setup())
     for module, disable in (("datasets", "disable_progress_bars"), ("huggingface_hub.utils", "disable_progress_bars"),
                             ("transformers.utils.logging", "disable_progress_bar")):
