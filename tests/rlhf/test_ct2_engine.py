@@ -212,3 +212,21 @@ def test_embedded_default_agrees_with_hf_greedy():
     reference = greedy_ids(generation.generate_with_details(model, tok, prompts, **kw))
     ours = greedy_ids(ct2_engine.CT2Generator(spec).generate_with_details(prompts, **kw))
     assert generation.token_agreement(reference, ours) >= 0.98
+
+
+def test_engine_scores_completions_like_hf_with_the_same_truncation():
+    """eval's KL and implicit accuracy on the engine: the same right-aligned per-token arrays as
+    the HF scorer, also when max_length cuts the prompt (and once the completion) short."""
+    from alignflow.evaluation import scoring
+    from alignflow.models import load_causal_lm
+
+    model, tok = load_causal_lm("tiny:llama", device="cpu")
+    engine = ct2_engine.CT2Generator("tiny:llama")
+    prompts = scoring.prompt_ids(tok, PROMPTS)
+    completions = scoring.response_ids(tok, ["Blue.", "A longer answer with several words in it.", "", "one two",
+                                             "Because the sky scatters blue light more than red light."])
+    for max_length in (512, 24, 6):
+        hf = scoring.completion_logprobs(model, tok, prompts, completions, batch_size=2, max_length=max_length)
+        ours = scoring.engine_completion_logprobs(engine, prompts, completions, batch_size=2, max_length=max_length)
+        assert (ours[1] == hf[1]).all(), max_length
+        assert abs(ours[0] - hf[0]).max() < 1e-3, max_length

@@ -35,7 +35,7 @@ class EvalParams(Section):
     temperature: float = Field(0.7, ge=0.0, description="0 = greedy")
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     batch_size: int = Field(16, ge=1, description="sequences per generate()/scoring batch")
-    # Generation engine for every model's answers; KL, log-probs and scoring always run on HF.
+    # Engine for every model's answers and for KL / implicit-accuracy log-probs; reward scores run on HF.
     backend: Literal["auto", "hf", "ct2"] = Field("auto", description="auto = CTranslate2 when installed, else hf")
     max_length: int = Field(512, ge=16, description="prompt+response tokens when scoring log-probs")
     # The independent judge (the rank stage's judges): the reward model is not trusted to grade

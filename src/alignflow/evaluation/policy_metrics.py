@@ -10,6 +10,10 @@ from alignflow.evaluation import scoring
 
 
 def sequence_logps(model, tokenizer, prompt_ids, completion_ids, ep) -> tuple[np.ndarray, np.ndarray]:
+    """`model`: an HF model, or an inference engine that scores (eval.backend ct2)."""
+    if hasattr(model, "score"):
+        return scoring.engine_completion_logprobs(model, prompt_ids, completion_ids,
+                                                  batch_size=ep.batch_size, max_length=ep.max_length)
     return scoring.completion_logprobs(model, tokenizer, prompt_ids, completion_ids,
                                        batch_size=ep.batch_size, max_length=ep.max_length)
 
@@ -28,7 +32,9 @@ def _split_pair(pair: dict) -> tuple[list[dict], list[dict], list[dict]]:
 
 
 def implicit_accuracy(policy, reference_fallback, tokenizer, pairs: list[dict], ep) -> float:
-    """Share of held-out pairs where the policy's implicit reward log π/π_ref ranks chosen first."""
+    """Share of held-out pairs where the policy's implicit reward log π/π_ref ranks chosen first.
+
+    The reference is a PEFT policy's own base (adapter disabled), else `reference_fallback`."""
     chosen = [scoring.conversation_completion_ids(tokenizer, p, c) for p, c, _ in map(_split_pair, pairs)]
     rejected = [scoring.conversation_completion_ids(tokenizer, p, r) for p, _, r in map(_split_pair, pairs)]
 

