@@ -62,13 +62,12 @@ def eval_backend(params: Params) -> str:
     return choose_backend(params.eval.backend, param="eval.backend")
 
 
-def generator_for(ref: str, params: Params, loaded=None):
-    """The eval.backend generator for model `ref`; `loaded` = its HF (model, tokenizer) when the
-    caller holds them anyway (KL needs the candidate and SFT on HF): hf then reuses them."""
+def generator_for(ref: str, params: Params):
+    """The eval.backend generator for model `ref`; a ct2 one also scores log-probs (`score`)."""
     from alignflow.rlhf.generation import make_generator
 
     return make_generator(ref, eval_backend(params), trust_remote_code=params.model.trust_remote_code,
-                          dtype=params.model.dtype, compute_type=params.model.engine_compute_type, loaded=loaded,
+                          dtype=params.model.dtype, compute_type=params.model.engine_compute_type,
                           fallback=params.eval.backend == "auto")
 
 
@@ -79,8 +78,7 @@ class BestOfN:
     def __init__(self, model_dir: Path, params: Params):
         from alignflow.rlhf.best_of_n import BestOfNPolicy
 
-        self.backend = eval_backend(params)
-        self.policy = BestOfNPolicy.from_dir(model_dir, backend=self.backend,
+        self.policy = BestOfNPolicy.from_dir(model_dir, backend=eval_backend(params),
                                              compute_type=params.model.engine_compute_type)
         self.n = self.policy.n
 
@@ -94,12 +92,8 @@ class BestOfN:
                          backend=self.policy.generator.name)
 
 
-def scorer(generator):
-    """What scores log-probs for a generator: its HF model, or the engine itself."""
-    return generator.model if generator.name == "hf" else generator
-
-
 def hf_model(generator, params: Params):
+    """The HF model behind a generator (loaded when the generator is an engine)."""
     return generator.model if generator.name == "hf" else load_model(generator.model_ref, params)[0]
 
 
@@ -163,14 +157,13 @@ def generate_models(params: Params, inputs: EvalInputs, champion: RegisteredVers
         candidate = generate_all(CANDIDATE, policy, benign, harmful, ep, seed)
         # Log-probs on the engine that generated (an HF model, or CTranslate2's scorer: the same
         # numbers within 1e-3, 1.2-1.9x faster), in one engine for policy and SFT alike.
-        pol, ref = scorer(policy), scorer(sft)
-        if hasattr(pol, "score") != hasattr(ref, "score"):  # one fell back to HF: score both there
-            pol, ref = hf_model(policy, params), hf_model(sft, params)
+        on_engine = policy.name == sft.name == "ct2"  # else one fell back to HF: score both there
+        pol, ref = (policy, sft) if on_engine else (hf_model(policy, params), hf_model(sft, params))
         kl = kl_vs_sft(pol, ref, policy.tokenizer, benign, candidate.responses, ep)
         metrics.update(kl_vs_sft=kl["k3_seq"], kl_vs_sft_k1=kl["k1_seq"], kl_vs_sft_per_token=kl["k3_token"])
         if pairs:
             metrics["policy_implicit_accuracy"] = implicit_accuracy(
-                pol, reference_engine(ref, params) if hasattr(pol, "score") else ref, policy.tokenizer, pairs, ep)
+                pol, reference_engine(ref, params) if on_engine else ref, policy.tokenizer, pairs, ep)
         del policy, pol
     del sft
     gc.collect()

@@ -76,12 +76,11 @@ class CT2Generator:
 
     name = "ct2"
 
-    def __init__(self, model_ref: str, *, trust_remote_code: bool = False, compute_type: str = "float32",
-                 threads: int = 0):
+    def __init__(self, model_ref: str, *, trust_remote_code: bool = False, compute_type: str = "float32"):
         from alignflow.models import load_tokenizer, resolve_spec
 
         self.model_ref, self.trust_remote_code = model_ref, trust_remote_code
-        self.compute_type, self.threads = compute_type, threads
+        self.compute_type = compute_type
         self.local = resolve_spec(model_ref, trust_remote_code=trust_remote_code)  # adapters merged
         # A models/* dir carries the tokenizer and chat template it was trained with.
         self.tokenizer = load_tokenizer(model_ref, trust_remote_code=trust_remote_code)
@@ -101,7 +100,7 @@ class CT2Generator:
 
         ctranslate2.set_random_seed(seed)
         return ctranslate2.Generator(str(self.model_dir), device="cpu", compute_type=self.compute_type,
-                                     intra_threads=self.threads or _torch_threads())
+                                     intra_threads=_torch_threads())
 
     def generate_with_details(
         self,
@@ -150,7 +149,6 @@ class CT2Generator:
                 shown.close()
             del engine
         return results  # type: ignore[return-value]
-
 
     def score(self, rows: list[list[int]], *, batch_size: int = 16) -> list[list[float]]:
         """log p(row[i + 1] | row[: i + 1]) for every row of token ids (a prefill, no decoding):

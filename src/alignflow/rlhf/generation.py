@@ -229,10 +229,9 @@ def choose_backend(wanted: str, *, param: str, vllm_ok: bool = False) -> str:
 
 
 def make_generator(ref: str, backend: str, *, trust_remote_code: bool = False, dtype="auto",
-                   compute_type: str = "float32", loaded=None, fallback: bool = False):
+                   compute_type: str = "float32", fallback: bool = False):
     """A generator for the model `ref` (any model spec or models/* dir) on `backend` (hf | ct2).
 
-    `loaded`: the (model, tokenizer) a caller already holds for `ref` (hf reuses it, no second load).
     `fallback`: a model CTranslate2 cannot convert (an architecture it lacks) runs on HF with a
     warning instead of failing: what `auto` promises."""
     if backend == "ct2":
@@ -244,11 +243,9 @@ def make_generator(ref: str, backend: str, *, trust_remote_code: bool = False, d
             if not fallback:
                 raise
             log.warning("%s: CTranslate2 cannot run it (%s); generating with HF", ref, err)
-    if loaded is None:
-        from alignflow.models import load_causal_lm
+    from alignflow.models import load_causal_lm
 
-        loaded = load_causal_lm(ref, dtype=dtype, trust_remote_code=trust_remote_code)
-    return HFGenerator(*loaded)
+    return HFGenerator(*load_causal_lm(ref, dtype=dtype, trust_remote_code=trust_remote_code))
 
 
 def _cuda() -> bool:
