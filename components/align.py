@@ -1,4 +1,4 @@
-"""align: align the SFT policy with `align.method` (ppo, dpo, grpo, rloo, kto, best_of_n) -> models/policy/."""
+"""align: align the SFT policy with `align.method` (dpo, orpo, simpo, ppo, grpo, rloo, kto, rest, best_of_n) -> models/policy/."""
 
 from alignflow.stage import stage_main
 

@@ -59,6 +59,8 @@ def planned_steps(stage: str, params) -> int | None:
     section = {"sft": params.sft, "reward": params.reward, "align": params.align}.get(stage)
     if section is None or (stage == "align" and params.align.method == "best_of_n"):
         return None
+    if stage == "align" and params.align.method == "rest":
+        return params.align.rest.rounds
     return section.max_steps if section.max_steps > 0 else None
 
 
@@ -75,12 +77,16 @@ def _size(stage: str, params) -> str:
         method = align.method
         if method == "best_of_n":
             return f"best_of_n, n={align.best_of_n.n}, no training"
+        if method == "rest":
+            rest = align.rest
+            return (f"rest, {rest.rounds} rounds × ({rest.k} samples × {align.max_prompts or 'all'} prompts, "
+                    f"{rest.steps_per_round} SFT steps × {align.batch_size} kept), {_adapter(align)}")
         if method == "ppo":
             size = f"{align.ppo.rollout_batch_size * _workers(params)} prompts"
         elif method in ("grpo", "rloo"):
             size = f"{align.batch_size * _workers(params)} prompts × {getattr(align, method).num_generations} samples"
         else:
-            unit = "pairs" if method == "dpo" else "examples"
+            unit = "examples" if method == "kto" else "pairs"
             size = f"{align.batch_size * align.grad_accum * _workers(params)} {unit}"
         return f"{method}, {align.max_steps} steps × {size}, {_adapter(align)}"
     if stage == "sample":

@@ -129,7 +129,16 @@ def preference_accuracy(model, tok, pairs):
 # ------------------------------------------------------------------ DPO through the stage
 
 
-def test_dpo_stage_raises_preference_accuracy(tmp_path, monkeypatch, tracker):
+PAIRWISE_PARAMS = {
+    "dpo": {"dpo": {"beta": 0.1, "precompute_ref_log_probs": True}},
+    "orpo": {"orpo": {"beta": 0.1}},
+    "simpo": {"simpo": {"beta": 2.0, "gamma": 0.5}},
+}
+
+
+@pytest.mark.parametrize("method", sorted(PAIRWISE_PARAMS))
+def test_pairwise_stage_raises_preference_accuracy(method, tmp_path, monkeypatch, tracker):
+    """DPO, ORPO and SimPO each move their own objective: the policy prefers the chosen answers."""
     from alignflow.models import load_causal_lm
     from alignflow.rlhf import align
 
@@ -144,19 +153,22 @@ def test_dpo_stage_raises_preference_accuracy(tmp_path, monkeypatch, tracker):
     sft, tok = load_causal_lm("models/sft", device="cpu")
     before = preference_accuracy(sft, tok, pairs)
 
-    params = stage_params(tmp_path, method="dpo", max_steps=8, batch_size=4, learning_rate=5e-3,
-                          dpo={"beta": 0.1, "precompute_ref_log_probs": True})
+    params = stage_params(tmp_path, method=method, max_steps=8, batch_size=4, learning_rate=5e-3,
+                          **PAIRWISE_PARAMS[method])
     metrics = align.run(params, tracker)
 
     policy, ptok = load_causal_lm("models/policy", device="cpu")
     after = preference_accuracy(policy, ptok, pairs)
     assert after >= 0.875 and after > before, (before, after)
     meta = json.loads((tmp_path / "models/policy/alignflow_model.json").read_text())
-    assert meta["adapter"] and meta["base"] == "models/sft" and meta["method"] == "dpo"
+    assert meta["adapter"] and meta["base"] == "models/sft" and meta["method"] == method
     assert metrics["steps"] == 8 and metrics["accuracy_last"] >= metrics["accuracy_first"]
+    assert metrics["reward_last"] > metrics["reward_first"]  # the method's own implicit reward margin grew
     curve = read_curve(tmp_path / "plots/align_curve.csv")
     assert len(curve) >= 8 and {"reward", "kl", "entropy", "response_length"} <= set(curve[0])
-    assert all(row["reward"] and row["kl"] and row["entropy"] and row["response_length"] for row in curve[1:])
+    assert all(row["reward"] and row["response_length"] for row in curve[1:])
+    if method == "dpo":  # the reference-free methods have no reference to measure KL or entropy against
+        assert all(row["kl"] and row["entropy"] for row in curve[1:])
 
 
 # ------------------------------------------------------------------ PPO through the stage
@@ -272,3 +284,65 @@ def test_dpo_trains_on_the_chosen_sources_with_a_loss_mix(tmp_path, monkeypatch,
                           dpo={"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5], "sources": ["judge"]})
     metrics = align.run(params, tracker)
     assert metrics["train_examples"] == 3 and metrics["steps"] == 1
+
+
+# ------------------------------------------------------------------ ReST: Grow + Improve rounds
+
+
+def test_rest_selection_keeps_the_rising_quantile():
+    from alignflow.rlhf.rest import round_quantile, select, threshold_at
+
+    assert threshold_at([0.0, 1.0, 2.0, 3.0], 0.5) == pytest.approx(1.5)
+    assert [round_quantile([0.5, 0.75], r) for r in (1, 2, 3)] == [0.5, 0.75, 0.75]
+    prompts = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
+    responses = [["x", "y", " "], ["z", "w", "v"]]
+    scores = [[3.0, 1.0, 9.0], [2.0, 5.0, 4.0]]
+    kept = select(prompts, responses, scores, threshold=2.0)
+    assert [k["completion"][0]["content"] for k in kept] == ["x", "w", "v", "z"]  # the empty one never trains
+    raft = select(prompts, responses, scores, threshold=2.0, best_per_prompt=True)
+    assert [(k["prompt"][0]["content"], k["score"]) for k in raft] == [("a", 3.0), ("b", 5.0)]
+
+
+def test_rest_stage_trains_on_what_it_keeps_and_resumes_by_round(tmp_path, monkeypatch, tracker):
+    """Two rounds on the tiny model: the samples the reward model kept become likelier under the
+    policy than under SFT; a run killed in round 2 resumes there without growing round 1 again."""
+    from alignflow.models import load_causal_lm
+    from alignflow.rlhf import align, rest
+
+    monkeypatch.chdir(tmp_path)
+    make_sft_and_reward(tmp_path)
+    write_jsonl(tmp_path / "data/formatted/prompts_train.jsonl",
+                [{"id": f"q{i}", "prompt": [{"role": "user", "content": f"Tell me about {i}."}]} for i in range(4)])
+    params = stage_params(tmp_path, method="rest", batch_size=2, learning_rate=2e-2, max_new_tokens=6,
+                          rest={"rounds": 2, "k": 3, "quantiles": [0.5, 0.75], "steps_per_round": 4})
+    params.sample.backend = "hf"
+    grown, kept, real_grow, real_improve = [], [], rest.grow, rest.improve
+
+    def grow(policy_dir, prompts, params, seed):
+        grown.append(seed - params.seed)  # the round
+        return real_grow(policy_dir, prompts, params, seed)
+
+    def improve(model, tok, samples, params, round_dir, round_index):
+        if grown == [1, 2]:
+            raise RuntimeError("killed in round 2")
+        kept.extend(samples)
+        return real_improve(model, tok, samples, params, round_dir, round_index)
+
+    monkeypatch.setattr(rest, "grow", grow)
+    monkeypatch.setattr(rest, "improve", improve)
+    with pytest.raises(Exception, match="killed in round 2"):
+        align.run(params, tracker)
+    metrics = align.run(params, tracker)
+    assert grown == [1, 2, 2]  # round 1 finished before the kill: its checkpoint is not grown again
+    assert metrics["steps"] == 2 and metrics["method"] == "rest"
+    curve = read_curve(tmp_path / "plots/align_curve.csv")
+    assert [row["step"] for row in curve] == ["1", "2"] and all(row["reward"] and row["loss"] for row in curve)
+    meta = json.loads((tmp_path / "models/policy/alignflow_model.json").read_text())
+    assert meta["method"] == "rest" and meta["adapter"]
+
+    sft, tok = load_causal_lm("models/sft", device="cpu")
+    policy, ptok = load_causal_lm("models/policy", device="cpu")
+    assert kept and all(k["score"] >= metrics["threshold_last"] for k in kept[-3:])
+    gain = [seq_logps(policy, ptok, k["prompt"], k["completion"]) - seq_logps(sft, tok, k["prompt"], k["completion"])
+            for k in kept]
+    assert sum(gain) / len(gain) > 0.5, gain  # Improve: what the reward model kept became likelier

@@ -10,7 +10,10 @@ from alignflow.config.base import Section
 from alignflow.config.common import LoraParams
 
 JudgeName = Literal["reference", "reward_model", "llm", "human"]
-AlignMethod = Literal["dpo", "ppo", "grpo", "rloo", "kto", "best_of_n"]
+AlignMethod = Literal["dpo", "orpo", "simpo", "ppo", "grpo", "rloo", "kto", "rest", "best_of_n"]
+PAIRWISE_METHODS = ("dpo", "orpo", "simpo")  # learn from the preference pairs of data/prefs/train.jsonl
+OFFLINE_METHODS = PAIRWISE_METHODS + ("kto",)  # learn from a fixed dataset; the rest sample the policy
+NEEDS_REWARD_MODEL = ("ppo", "grpo", "rloo", "rest", "best_of_n")
 
 
 class SampleParams(Section):
@@ -89,15 +92,20 @@ class RankParams(Section):
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "sft"]
 
 
-class DPOParams(Section):
+class PairwiseParams(Section):
+    """What every method that learns from preference pairs shares."""
+
+    sources: list[Literal["judge", "human"]] = Field(
+        default_factory=lambda: ["judge", "human"], min_length=1,
+        description="which pairs of data/prefs/train.jsonl to train on: judge-ranked samples, human pairs")
+
+
+class DPOParams(PairwiseParams):
     beta: float = Field(0.1, gt=0)
     # One loss, or several summed with `loss_weights` (TRL): [sigmoid, sft] is RPO — DPO plus the
     # chosen responses' NLL, which keeps the chosen likely instead of letting both sides sink.
     loss_type: list[DPOLoss] = Field(default_factory=lambda: ["sigmoid"], min_length=1)
     loss_weights: list[float] | None = Field(None, description="one weight per loss_type (null = all 1.0)")
-    sources: list[Literal["judge", "human"]] = Field(
-        default_factory=lambda: ["judge", "human"], min_length=1,
-        description="which pairs of data/prefs/train.jsonl to train on: judge-ranked samples, human pairs")
     # auto = precompute when the run makes more than one pass over the pairs (saves a forward per pass).
     precompute_ref_log_probs: bool | Literal["auto"] = "auto"
 
@@ -111,6 +119,20 @@ class DPOParams(Section):
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"loss_weights: {len(self.loss_weights)} weights for {len(self.loss_type)} loss types")
         return self
+
+
+class ORPOParams(PairwiseParams):
+    """ORPO (Hong et al. 2024): the chosen side's NLL plus λ·odds-ratio loss; no reference model."""
+
+    beta: float = Field(0.1, gt=0, description="λ of the paper: weight of the odds-ratio term next to the NLL")
+
+
+class SimPOParams(PairwiseParams):
+    """SimPO (Meng et al. 2024): a margin on length-normalised log-probs; no reference model."""
+
+    beta: float = Field(2.0, gt=0, description="reward scale on the mean token log-prob (the paper: 2.0–2.5)")
+    gamma: float = Field(0.5, ge=0, description="target reward margin γ between chosen and rejected")
+    nll_weight: float = Field(0.0, ge=0, description="weight of the chosen side's NLL (CPO-SimPO); 0 = plain SimPO")
 
 
 class KTOParams(Section):
@@ -157,6 +179,30 @@ class BestOfNParams(Section):
     n: int = Field(4, ge=1)
 
 
+class ReSTParams(Section):
+    """ReST (Gulcehre et al. 2023) / RAFT: rounds of Grow (K samples per training prompt from the
+    current policy) and Improve (SFT on the samples the reward model scores above a threshold that
+    rises each round). best_of_n is its zero-round case: selection without training."""
+
+    rounds: int = Field(2, ge=1, description="Grow + Improve rounds; each round's policy is a checkpoint")
+    k: int = Field(4, ge=1, description="samples per prompt in each Grow step")
+    # The threshold of round r is this quantile of round r's reward scores: rising quantiles keep
+    # a smaller, better share each round (ReST's increasing thresholds, scale-free).
+    quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.75], min_length=1,
+                                   description="per round: keep samples scoring at or above this quantile "
+                                               "(the last value repeats for later rounds)")
+    best_per_prompt: bool = Field(False, description="RAFT: keep only each prompt's best sample (above the threshold)")
+    steps_per_round: int = Field(8, ge=1, description="SFT optimizer steps on each round's kept samples")
+    temperature: float = Field(0.8, gt=0)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _fractions(cls, value):
+        if any(not 0 <= q < 1 for q in value):
+            raise ValueError("quantiles: each must be in [0, 1)")
+        return value
+
+
 class AlignParams(Section):
     method: AlignMethod = "dpo"
     reward_model: str = Field("models/reward", description="reward model dir (ppo, grpo, rloo, best_of_n)")
@@ -171,11 +217,18 @@ class AlignParams(Section):
     save_steps: int = Field(10, ge=1, description="checkpoint every N steps (a re-run resumes)")
     lora: LoraParams = LoraParams()
     dpo: DPOParams = DPOParams()
+    orpo: ORPOParams = ORPOParams()
+    simpo: SimPOParams = SimPOParams()
     kto: KTOParams = KTOParams()
     ppo: PPOParams = PPOParams()
     grpo: GroupRLParams = GroupRLParams()
     rloo: GroupRLParams = GroupRLParams()
     best_of_n: BestOfNParams = BestOfNParams()
+    rest: ReSTParams = ReSTParams()
+
+    def pair_sources(self) -> list[str]:
+        """The pair sources of the pairwise method in use (dpo, orpo, simpo)."""
+        return list(getattr(self, self.method).sources)
 
     def cross_check(self, params) -> list[str]:
         problems = []

@@ -1,7 +1,9 @@
 """align: align the SFT policy with `align.method` -> models/policy/, plots/align_*.csv.
 
-- dpo / kto / grpo / rloo: TRL trainers (trl_methods.py), a fresh LoRA on the SFT weights;
+- dpo / orpo / simpo / kto / grpo / rloo: TRL trainers (trl_methods.py), a fresh LoRA on the
+  SFT weights (orpo and simpo need no reference model);
 - ppo: ours (ppo.py), policy + value head on one LoRA-adapted base, reward model loaded once;
+- rest: ours (rest.py), rounds of Grow (sample) and Improve (SFT on what the reward model keeps);
 - best_of_n: no training, best-of-N selection by the reward model, recorded as a policy.
 All but best_of_n run inside the Ray Train launcher (checkpoints; a re-run resumes) and log
 reward, KL, entropy and response length per step (align_common.py says what each means per method):
@@ -17,6 +19,7 @@ from typing import Any
 
 from alignflow import paths, scratch
 from alignflow.config import Params
+from alignflow.config.rlhf import NEEDS_REWARD_MODEL, OFFLINE_METHODS, PAIRWISE_METHODS
 from alignflow.io import InputError
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,6 @@ SFT_DIR = paths.SFT_MODEL
 PREFS_TRAIN = Path("data/prefs/train.jsonl")
 PREFS_KTO = Path("data/prefs/kto.jsonl")
 PROMPTS = paths.PROMPTS_TRAIN
-NEEDS_REWARD_MODEL = ("ppo", "grpo", "rloo", "best_of_n")
 
 
 def _require(path: Path, what: str, stage: str) -> Path:
@@ -53,7 +55,7 @@ def loop_config(params: Params, staging: Path) -> dict[str, Any]:
         _require(reward_dir, "the reward model", "reward")
         inputs += [reward_dir / "alignflow_model.json", reward_dir / "adapter_model.safetensors",
                    reward_dir / "model.safetensors"]
-    if method == "dpo":
+    if method in PAIRWISE_METHODS:
         inputs.append(_require(PREFS_TRAIN, "preference pairs", "rank"))
     elif method == "kto":
         inputs.append(_require(PREFS_KTO, "unpaired KTO examples", "rank"))
@@ -83,7 +85,7 @@ def run(params: Params, tracker) -> dict[str, Any]:
 
     method = params.align.method
     # offline methods learn from the ranked pairs, online ones sample on the training prompts
-    common.log_datasets(tracker, [PREFS_TRAIN if method in ("dpo", "kto") else PROMPTS])
+    common.log_datasets(tracker, [PREFS_TRAIN if method in OFFLINE_METHODS else PROMPTS])
     staging = scratch.staging_dir(OUTPUT)
     if method == "best_of_n":
         from alignflow.rlhf.best_of_n import run_best_of_n
@@ -101,6 +103,8 @@ def run(params: Params, tracker) -> dict[str, Any]:
 
         if method == "ppo":
             from alignflow.rlhf.ppo import ppo_train_loop as loop
+        elif method == "rest":
+            from alignflow.rlhf.rest import rest_train_loop as loop
         else:
             from alignflow.rlhf.trl_methods import trl_train_loop as loop
         config = loop_config(params, staging)

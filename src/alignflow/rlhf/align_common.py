@@ -1,11 +1,13 @@
 """What every align method shares: one set of curve columns, per-step MLflow logging, checkpoints.
 
 Curve columns (plots/align_curve.csv, MLflow metrics with step), the same names for every method:
-- reward: PPO/GRPO/RLOO — the reward model's mean score of the step's samples; DPO/KTO — the
-  implicit reward margin β·(log-ratio chosen − log-ratio rejected) on the step's pairs;
+- reward: PPO/GRPO/RLOO/ReST — the reward model's mean score of the step's samples; DPO/KTO — the
+  implicit reward margin β·(log-ratio chosen − log-ratio rejected) on the step's pairs; ORPO —
+  λ·(mean log-prob chosen − rejected); SimPO — β·(mean log-prob chosen − rejected);
 - kl: PPO — mean sequence KL(policy‖reference) of the rollout; GRPO/RLOO/KTO — the trainer's KL
   estimate; DPO — mean log-ratio log π/π_ref over the step's chosen and rejected responses
-  (an offline proxy: the responses were not sampled from the policy);
+  (an offline proxy: the responses were not sampled from the policy); ORPO/SimPO/ReST train
+  without a reference and log none (eval measures KL to SFT for every method);
 - entropy: mean per-token entropy of the policy on the step's responses;
 - response_length: mean response tokens of the step (sampled, or the preference data's).
 
@@ -64,7 +66,7 @@ def normalize_logs(logs: dict[str, Any], method: str, beta: float | None = None)
     """The standard curve keys from one log entry of a TRL trainer (the rest is kept as is)."""
     out: dict[str, float] = {}
     get = logs.get
-    if method in ("dpo", "kto"):
+    if method in ("dpo", "kto", "orpo", "simpo"):
         if get("rewards/margins") is not None:
             out["reward"] = get("rewards/margins")
         if get("rewards/accuracies") is not None:
@@ -196,8 +198,14 @@ class LengthMeter:
         self.consumed: list[float] = []
 
     def __call__(self, features):
+        import torch
+
         batch = self.collator(features)
-        mask = batch.get("completion_mask") if isinstance(batch, dict) else None
+        if not isinstance(batch, dict):
+            return batch
+        mask = batch.get("completion_mask")
+        if mask is None and "chosen_labels" in batch:  # ORPO/CPO: the completion's labels, -100 elsewhere
+            mask = torch.cat([batch["chosen_labels"] != -100, batch["rejected_labels"] != -100])
         if mask is not None:
             # DPO stacks chosen then rejected: the mean covers both.
             self.queued.append(float(mask.sum(-1).float().mean()))

@@ -10,7 +10,9 @@ clipped policy and value losses. Guards as in verl: the log-ratio is clamped to 
 k3 KL estimate to ±10, and an optional dual clip bounds the loss of negative advantages.
 
 Registries let params pick an estimator by name (`align.ppo.kl_estimator`, `policy_loss`,
-`advantage_estimator`); new variants register themselves with a decorator.
+`advantage_estimator`); new variants register themselves with a decorator. GRPO's and RLOO's group
+baselines are not here: those methods run TRL's trainers, whose own estimators also drop
+unscorable completions from the baseline (one implementation per idea).
 """
 
 from __future__ import annotations
@@ -281,29 +283,6 @@ def compute_gae(
         next_value = values[:, t] * m + next_value * (1 - m)
         next_adv = adv_t * m + next_adv * (1 - m)
     return advantages, (advantages + values) * mask
-
-
-@register_advantage_estimator("rloo")
-def compute_rloo_advantage(scores: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE leave-one-out (Ahmadian et al. 2024): score minus the mean of the other samples of its prompt.
-
-    `scores` (B,) are grouped as consecutive runs of `group_size`; returns (advantages, scores), per sequence.
-    """
-    if group_size < 2 or scores.numel() % group_size:
-        raise ValueError(f"rloo: need groups of >= 2 samples dividing the batch (got {scores.numel()} / {group_size})")
-    grouped = scores.view(-1, group_size)
-    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
-    return (grouped - baseline).view(-1), scores
-
-
-@register_advantage_estimator("grpo")
-def compute_grpo_advantage(scores: torch.Tensor, group_size: int, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO (Shao et al. 2024): score normalised by its prompt group's mean and std, per sequence."""
-    if group_size < 2 or scores.numel() % group_size:
-        raise ValueError(f"grpo: need groups of >= 2 samples dividing the batch (got {scores.numel()} / {group_size})")
-    grouped = scores.view(-1, group_size)
-    adv = (grouped - grouped.mean(dim=1, keepdim=True)) / (grouped.std(dim=1, keepdim=True) + eps)
-    return adv.view(-1), scores
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""DPO, KTO, GRPO and RLOO with TRL's trainers, inside the Ray Train launcher.
+"""DPO, ORPO, SimPO, KTO, GRPO and RLOO with TRL's trainers, inside the Ray Train launcher.
 
 Every method starts from the SFT weights (models/sft, its adapter merged into a cached copy) and
 trains a fresh LoRA adapter on them, so the frozen reference TRL needs is the same model with the
 adapter disabled — no second copy in memory. GRPO and RLOO score their completions with our
 reward model (models/reward) through a reward function that renders conversations with the chat
-template the reward model was trained with.
+template the reward model was trained with. ORPO and SimPO need no reference at all: they are
+TRL's ORPO and CPO (loss_type simpo) trainers, which live in `trl.experimental` (pinned TRL; the
+tests run both).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alignflow.config.rlhf import OFFLINE_METHODS, PAIRWISE_METHODS
 from alignflow.io import InputError, read_jsonl
 from alignflow.rlhf.align_common import check_finite
 
@@ -99,6 +102,29 @@ def dpo_config(align, common: dict[str, Any], n_examples: int, per_step: int):
                      max_length=align.max_length, precompute_ref_log_probs=_precompute(dpo, align, n_examples, per_step))
 
 
+def reference_free_trainer(method: str, align, common: dict[str, Any], model, tokenizer, train):
+    """ORPO or SimPO (TRL's CPO trainer with the simpo loss) on preference pairs: one policy, no reference."""
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # a pinned TRL; these paths are tested
+    # The experimental configs default to gradient checkpointing and bf16: the CPU defaults win.
+    shared = dict(common, max_length=align.max_length, gradient_checkpointing=False)
+    if method == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        args = ORPOConfig(**shared, beta=align.orpo.beta)
+        trainer_cls = ORPOTrainer
+    else:
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        simpo = align.simpo
+        args = CPOConfig(**shared, loss_type="simpo", beta=simpo.beta, simpo_gamma=simpo.gamma,
+                         cpo_alpha=simpo.nll_weight)
+        trainer_cls = CPOTrainer
+    return trainer_cls(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                       peft_config=lora_config(align))
+
+
 def trl_train_loop(config: dict) -> dict[str, Any]:
     from alignflow.config import validate
     from alignflow.models import load_causal_lm, save_model_dir
@@ -111,25 +137,27 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
     run_dir = config[LOOP_DIR_KEY]
     model, tokenizer = load_causal_lm(config["policy_base_dir"], dtype=params.model.dtype, device="cpu",
                                       trust_remote_code=params.model.trust_remote_code)
-    tokenizer.padding_side = "right" if method in ("dpo", "kto") else "left"
+    tokenizer.padding_side = "right" if method in OFFLINE_METHODS else "left"
     _, world_size = world()
     per_step = align.batch_size * align.grad_accum * world_size
     common = training_args(align, params, run_dir, per_device_batch=align.batch_size)
     beta = None
 
-    if method == "dpo":
-        from trl import DPOTrainer
-
+    if method in PAIRWISE_METHODS:
         from alignflow.rlhf.rank import pair_source
 
-        dpo = align.dpo
+        sources = align.pair_sources()
         train = read_table(config["train_file"], ("prompt", "chosen", "rejected"),
-                           f"preference (align.dpo.sources: {'+'.join(dpo.sources)})",
-                           keep=lambda r: pair_source(r) in dpo.sources)
-        beta = dpo.beta
-        args = dpo_config(align, common, len(train), per_step)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                             peft_config=lora_config(align))
+                           f"preference (align.{method}.sources: {'+'.join(sources)})",
+                           keep=lambda r: pair_source(r) in sources)
+        beta = getattr(align, method).beta
+        if method == "dpo":
+            from trl import DPOTrainer
+
+            trainer = DPOTrainer(model=model, args=dpo_config(align, common, len(train), per_step), train_dataset=train,
+                                 processing_class=tokenizer, peft_config=lora_config(align))
+        else:
+            trainer = reference_free_trainer(method, align, common, model, tokenizer, train)
     elif method == "kto":
         from trl import KTOConfig, KTOTrainer
 
@@ -163,7 +191,7 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
         raise ValueError(f"align.method {method!r} is not a TRL method")
 
     lengths = None
-    if method in ("dpo", "kto"):
+    if method in OFFLINE_METHODS:
         lengths = LengthMeter(trainer.data_collator)
         trainer.data_collator = lengths
     trainer.add_callback(curve_callback(method, beta, lengths))  # first: the later callbacks see the curve keys
