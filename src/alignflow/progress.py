@@ -51,6 +51,13 @@ def _adapter(section) -> str:
     peft = getattr(section, "peft", "lora")
     if peft == "none":
         return "full fine-tune"
+    if peft == "adalora":
+        return f"AdaLoRA r{section.adalora.init_r}→{section.adalora.target_r}"
+    if peft == "ia3":
+        return "IA³"
+    prompt_learning = {"prefix": "prefix tuning", "prompt": "prompt tuning", "ptuning": "P-tuning"}
+    if peft in prompt_learning:
+        return f"{prompt_learning[peft]}, {getattr(section, peft).num_virtual_tokens} virtual tokens"
     return f"{'QLoRA' if peft == 'qlora' else 'LoRA'} r{section.lora.r}"
 
 

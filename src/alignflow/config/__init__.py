@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError, model_validator
+from pydantic import ValidationError, ValidationInfo, model_validator
 
 from alignflow.config.base import Section
 from alignflow.config.common import ModelParams, RayParams, TrackingParams
@@ -49,7 +49,9 @@ class Params(Section):
     orchestration: OrchestrationParams = OrchestrationParams()
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Params":
+    def _cross_checks(self, info: ValidationInfo) -> "Params":
+        if (info.context or {}).get("cross_checks") is False:
+            return self
         problems = []
         for name in type(self).model_fields:
             section = getattr(self, name)
@@ -105,9 +107,12 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def validate(raw: dict, source: str = PARAMS_FILE) -> Params:
+def validate(raw: dict, source: str = PARAMS_FILE, *, cross_checks: bool = True) -> Params:
+    """`cross_checks=False`: each section on its own only, for a training loop's config, which
+    carries just its stage's sections (the stage checked the rules across sections on the whole
+    params before it started the loop; the other sections would be defaults there)."""
     try:
-        return Params.model_validate(raw or {})
+        return Params.model_validate(raw or {}, context={"cross_checks": cross_checks})
     except ValidationError as err:
         raise ParamsError(_format_error(err, source)) from None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alignflow.config.base import Section
 
@@ -50,3 +50,84 @@ class LoraParams(Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     # "all-linear" = every linear layer but the output head, whatever the architecture calls them.
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class AdaLoraParams(Section):
+    """PEFT AdaLoRA: LoRA in SVD form (P·Λ·Q) whose rank budget shrinks from `init_r` to an average of
+    `target_r` per matrix, pruning the least important singular values (Zhang et al. 2023).
+
+    Schedule, in optimizer steps: `tinit` warm-up steps at the full budget, then a cubic decrease
+    (a re-allocation every `deltaT` steps) until `total - tfinal`, then `tfinal` steps at the final
+    ranks; `total` is the run's step count (max_steps, or what the epochs come to)."""
+
+    init_r: int = Field(12, ge=1, description="rank of every matrix before pruning")
+    target_r: int = Field(8, ge=1, description="average rank left after pruning")
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    tinit: int = Field(0, ge=0, description="warm-up steps before any pruning")
+    tfinal: int = Field(0, ge=0, description="final steps at the pruned ranks")
+    deltaT: int = Field(1, ge=1, description="steps between two budget allocations")
+    beta1: float = Field(0.85, gt=0, lt=1, description="EMA of the importance (sensitivity)")
+    beta2: float = Field(0.85, gt=0, lt=1, description="EMA of its uncertainty")
+    orth_reg_weight: float = Field(0.5, ge=0, description="weight of the P/Q orthogonality penalty")
+
+    @model_validator(mode="after")
+    def _budget(self) -> "AdaLoraParams":
+        if self.target_r > self.init_r:
+            raise ValueError(f"target_r: {self.target_r} is above init_r ({self.init_r}); AdaLoRA only prunes ranks")
+        return self
+
+
+class IA3Params(Section):
+    """PEFT IA³: learned vectors that rescale the keys, values and feed-forward activations (Liu et al. 2022).
+
+    null = PEFT's per-architecture defaults (peft.utils.constants TRANSFORMERS_MODELS_TO_IA3_*: llama
+    k_proj, v_proj, down_proj; qwen2 q_proj, v_proj, down_proj; gpt2 c_attn, mlp.c_proj)."""
+
+    target_modules: list[str] | None = None
+    # Of target_modules, those rescaled at their input (feed-forward) rather than their output.
+    feedforward_modules: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _subset(self) -> "IA3Params":
+        if self.feedforward_modules is not None:
+            if self.target_modules is None:
+                raise ValueError("feedforward_modules: set target_modules too (feedforward_modules is a subset of them)")
+            extra = sorted(set(self.feedforward_modules) - set(self.target_modules))
+            if extra:
+                raise ValueError(f"feedforward_modules: {extra} are not in target_modules")
+        return self
+
+
+class PromptLearningParams(Section):
+    """What the prompt-learning methods share: learned virtual tokens in front of every sequence."""
+
+    num_virtual_tokens: int = Field(16, ge=1, le=512)
+
+
+class PrefixParams(PromptLearningParams):
+    """PEFT prefix tuning: learned keys/values prepended at every layer (Li & Liang 2021)."""
+
+    # Reparameterize the prefix through a 2-layer MLP of width encoder_hidden_size while training
+    # (steadier; only the resulting prefix is saved).
+    prefix_projection: bool = False
+    encoder_hidden_size: int = Field(128, ge=1, description="prefix_projection: the MLP's width")
+
+
+class PromptParams(PromptLearningParams):
+    """PEFT prompt tuning: learned input embeddings prepended to the sequence (Lester et al. 2021)."""
+
+    # null = random init; else the virtual tokens start as this text's token embeddings (repeated
+    # or cut to num_virtual_tokens).
+    init_text: str | None = Field(None, min_length=1)
+
+
+class PTuningParams(PromptLearningParams):
+    """PEFT P-tuning (prompt encoder): virtual-token embeddings produced by a small MLP or LSTM
+    (Liu et al. 2021); only the resulting embeddings are saved."""
+
+    encoder_hidden_size: int = Field(128, ge=1)
+    encoder_reparameterization_type: Literal["MLP", "LSTM"] = "MLP"
+    encoder_num_layers: int = Field(2, ge=1, description="LSTM only (the MLP has 2 layers)")
+    encoder_dropout: float = Field(0.0, ge=0.0, lt=1.0)

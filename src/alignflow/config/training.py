@@ -4,6 +4,13 @@ Both run inside Ray Train (alignflow.training.launcher). Cross-section rules (ch
 validation, before any work): qlora needs a GPU; packing on a GPU needs flash attention (else
 packed sequences attend across their boundaries or fall back to slow masked kernels);
 max_length must fit the model's context where that is known without loading the model.
+
+The PEFT method (`peft`) reads its settings from the sub-section of the same name (`sft.lora`,
+`sft.adalora`, `sft.ia3`, `sft.prefix`, `sft.prompt`, `sft.ptuning`). LoRA, AdaLoRA and IA³
+change weights and merge into them, so every later stage sees a plain model. Prefix, prompt and
+P-tuning add learned virtual tokens at run time: nothing to merge, so the adapter loads as base +
+PeftModel on the HF back end only, and what needs merged weights is rejected here (see
+`SFTParams.cross_check` and `RewardParams.cross_check` for each rule and the error behind it).
 """
 
 from __future__ import annotations
@@ -13,9 +20,19 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from alignflow.config.base import Section
-from alignflow.config.common import LoraParams
+from alignflow.config.common import (
+    AdaLoraParams,
+    IA3Params,
+    LoraParams,
+    PrefixParams,
+    PromptParams,
+    PTuningParams,
+)
 
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
+PeftMethod = Literal["lora", "qlora", "adalora", "ia3", "prefix", "prompt", "ptuning", "none"]
+# Learned virtual tokens (PEFT prompt learning): no weight delta, so no merge.
+PROMPT_LEARNING = ("prefix", "prompt", "ptuning")
 
 
 class TrainLoopParams(Section):
@@ -36,13 +53,26 @@ class TrainLoopParams(Section):
     gradient_checkpointing: bool = False
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
-    peft: Literal["lora", "qlora", "none"] = "lora"
+    # lora | qlora (LoRA on a 4-bit base, GPU) | adalora | ia3 | prefix | prompt | ptuning (sft only) | none (full)
+    peft: PeftMethod = "lora"
     lora: LoraParams = LoraParams()
+    adalora: AdaLoraParams = AdaLoraParams()
+    ia3: IA3Params = IA3Params()
+
+    @property
+    def virtual_tokens(self) -> int:
+        """Positions the PEFT method adds in front of every sequence (prompt learning), else 0."""
+        return getattr(getattr(self, self.peft, None), "num_virtual_tokens", 0) if self.peft in PROMPT_LEARNING else 0
 
     def _common_checks(self, params, max_length: int, base: str) -> list[str]:
         problems = []
         if self.peft == "qlora" and not params.ray.use_gpu:
             problems.append("peft: qlora needs a GPU (bitsandbytes 4-bit); ray.use_gpu is false — use peft: lora on CPU")
+        if self.peft == "adalora" and self.max_steps > 0 and self.adalora.tinit + self.adalora.tfinal >= self.max_steps:
+            problems.append(
+                f"adalora.tinit: tinit ({self.adalora.tinit}) + tfinal ({self.adalora.tfinal}) leave no step of "
+                f"max_steps ({self.max_steps}) to prune ranks in (AdaLoRA needs tinit < total steps - tfinal)"
+            )
         from alignflow.models.specs import context_length
 
         try:
@@ -51,6 +81,11 @@ class TrainLoopParams(Section):
             context = None
         if context is not None and max_length > context:
             problems.append(f"max_length: {max_length} is above the context of {base} ({context} tokens)")
+        elif context is not None and max_length + self.virtual_tokens > context:
+            problems.append(
+                f"{self.peft}.num_virtual_tokens: {self.virtual_tokens} virtual tokens + max_length ({max_length}) "
+                f"are above the context of {base} ({context} tokens)"
+            )
         return problems
 
 
@@ -62,6 +97,9 @@ class SFTParams(TrainLoopParams):
     # Write the adapter merged into full weights too (models/sft/merged/), e.g. for vLLM.
     merge_adapter: bool = False
     eval_on_start: bool = False
+    prefix: PrefixParams = PrefixParams()
+    prompt: PromptParams = PromptParams()
+    ptuning: PTuningParams = PTuningParams()
 
     def cross_check(self, params) -> list[str]:
         problems = self._common_checks(params, self.max_length, params.model.base)
@@ -70,6 +108,44 @@ class SFTParams(TrainLoopParams):
                 "packing: on a GPU packing needs flash attention (set model.attn_implementation: flash_attention_2) "
                 "or packing: false"
             )
+        if self.peft in PROMPT_LEARNING:
+            problems += self._prompt_learning_checks(params)
+        return problems
+
+    def _prompt_learning_checks(self, params) -> list[str]:
+        """What a prefix/prompt/P-tuning adapter cannot do: it has no weights to merge."""
+        peft = f"sft.peft: {self.peft}"
+        problems = []
+        if params.align.method != "best_of_n":
+            problems.append(
+                f"peft: {self.peft} adds learned virtual tokens at run time, with no weights to merge, but "
+                f"align.method: {params.align.method} trains a fresh LoRA on the merged SFT model (and uses it, "
+                "adapter disabled, as the frozen reference); use align.method: best_of_n (samples the SFT adapter "
+                "as it is) or sft.peft: lora | adalora | ia3"
+            )
+        if self.merge_adapter:
+            problems.append(f"merge_adapter: true, but {peft} (learned virtual tokens) has no weights to merge: "
+                            "set sft.merge_adapter: false")
+        if self.packing:
+            # PEFT warns "Position ids are not supported for parameter efficient tuning. Ignoring position ids."
+            problems.append(
+                f"packing: true does not work with {peft}: the virtual tokens would be prepended once per packed "
+                "row, not per conversation, and PEFT ignores the position_ids that keep packed conversations "
+                "apart; set sft.packing: false"
+            )
+        if self.peft == "prefix" and self.gradient_checkpointing:
+            # transformers: "Caching is incompatible with gradient checkpointing ... Setting `cache=None`",
+            # which drops the prefix (then: "The size of tensor a (70) must match the size of tensor b (78)")
+            problems.append(
+                f"gradient_checkpointing: true does not work with {peft}: the prefix is passed as a key/value "
+                "cache, which transformers turns off under gradient checkpointing; set sft.gradient_checkpointing: false"
+            )
+        for name, backend in (("sample.backend", params.sample.backend), ("eval.backend", params.eval.backend)):
+            if backend in ("ct2", "vllm"):
+                problems.append(
+                    f"peft: {self.peft} cannot run on {name}: {backend}, which needs merged weights (the virtual "
+                    f"tokens exist only in PEFT); set {name}: auto (uses hf for this model) or hf"
+                )
         return problems
 
 
@@ -93,4 +169,24 @@ class RewardParams(TrainLoopParams):
         from pathlib import Path
 
         base = params.model.base if self.base == "models/sft" and not Path(self.base).exists() else self.base
-        return self._common_checks(params, self.max_length, base)
+        problems = self._common_checks(params, self.max_length, base)
+        if self.peft in PROMPT_LEARNING:
+            # Checked on tiny:llama with TRL's RewardTrainer (tests/training/test_peft_methods.py):
+            # prefix: PEFT raises "Model does not support past key values which are required for
+            # prefix tuning." (the *ForSequenceClassification forward takes no past_key_values);
+            # prompt/ptuning train, but PEFT passes inputs_embeds, so transformers cannot find the
+            # last non-pad token and reads the reward at the last position: a pad token of every
+            # shorter sequence in a right-padded batch (the same text scores differently alone and padded).
+            reason = ("PEFT's sequence classifier cannot take a prefix (the model's forward has no past_key_values)"
+                      if self.peft == "prefix" else
+                      "PEFT feeds the classifier inputs_embeds, so it cannot find the last non-pad token and "
+                      "reads the reward at a pad token of every shorter sequence in a padded batch")
+            problems.append(f"peft: {self.peft} does not work for a reward model: {reason}; use reward.peft: lora | "
+                            "adalora | ia3 | none")
+        if self.base == "models/sft" and params.sft.peft in PROMPT_LEARNING:
+            problems.append(
+                f"base: models/sft will hold a {params.sft.peft} adapter (sft.peft: {params.sft.peft}), learned virtual "
+                "tokens with no weights to put a reward head on: set reward.base to a full model, e.g. "
+                f"{params.model.base} (model.base)"
+            )
+        return problems

@@ -68,7 +68,7 @@ def generator_for(ref: str, params: Params):
 
     return make_generator(ref, eval_backend(params), trust_remote_code=params.model.trust_remote_code,
                           dtype=params.model.dtype, compute_type=params.model.engine_compute_type,
-                          fallback=params.eval.backend == "auto")
+                          fallback=params.eval.backend == "auto", param="eval.backend")
 
 
 class BestOfN:

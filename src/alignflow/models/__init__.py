@@ -12,19 +12,21 @@ from alignflow.models.loading import (
     load_tokenizer,
     save_model_dir,
 )
-from alignflow.models.meta import META_FILE, ModelSpecError, read_meta
+from alignflow.models.meta import META_FILE, ModelSpecError, UnmergeableAdapter, is_prompt_learning, read_meta
 from alignflow.models.specs import cache_root, context_length, resolve_spec
 
 __all__ = [
     "CHATML_TEMPLATE",
     "META_FILE",
     "ModelSpecError",
+    "UnmergeableAdapter",
     "cache_root",
     "context_length",
     "load_causal_lm",
     "load_reward_model",
     "load_tokenizer",
     "prepare_tokenizer",
+    "is_prompt_learning",
     "read_meta",
     "resolve_dtype",
     "resolve_spec",

@@ -106,6 +106,9 @@ def save_model_dir(model, tokenizer, out_dir: str | os.PathLike, meta: dict, *, 
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     if merged and is_adapter:
+        if model.active_peft_config.is_prompt_learning:
+            raise ValueError(f"save_model_dir: a {model.active_peft_config.peft_type.value} adapter has no weights to "
+                             "merge (learned virtual tokens); save it with merged=False")
         full = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
         full.save_pretrained(str(out / "merged"), safe_serialization=True)
         tokenizer.save_pretrained(str(out / "merged"))

@@ -6,8 +6,10 @@ A spec is one of
 - `tiny:<arch>` (llama, qwen2, gpt2): a randomly initialised few-MB model built from a config,
   seeded, with the embedded SmolLM2 tokenizer (a real BPE vocabulary, so text round-trips and
   the chat template is a real one);
-- a models/* directory written by `save_model_dir` (alignflow_model.json; a PEFT adapter is
-  merged into its base once and cached);
+- a models/* directory written by `save_model_dir` (alignflow_model.json; a PEFT adapter that
+  changes weights — LoRA, AdaLoRA, IA³ — is merged into its base once and cached; a prompt-learning
+  adapter — prefix, prompt, P-tuning — has nothing to merge: `resolve_spec` raises
+  `UnmergeableAdapter` and only `load_model_dir` opens it, as base + PeftModel);
 - a local HF directory or a hub id (from the local HF cache when HF_HUB_OFFLINE=1).
 
 Everything materialized lives under `$ALIGNFLOW_CACHE/models/<key>/` (default
@@ -46,7 +48,14 @@ from alignflow.models.hf import (
     sync_pad,
     tokenizer_from_dir,
 )
-from alignflow.models.meta import META_FILE, ModelSpecError, read_meta
+from alignflow.models.meta import (
+    META_FILE,
+    PROMPT_LEARNING_TYPES,
+    ModelSpecError,
+    UnmergeableAdapter,
+    adapter_peft_type,
+    read_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +287,13 @@ def check_base_digest(meta: dict, base_path: str, model_dir: Path) -> None:
 
 def resolve_adapter_dir(path: Path, meta: dict) -> Path:
     """A models/* dir holding a PEFT adapter -> a cached copy with the adapter merged in."""
+    peft_type = adapter_peft_type(path)
+    if peft_type in PROMPT_LEARNING_TYPES:
+        param = f"{meta['stage']}.peft: {meta['peft']}" if meta.get("stage") and meta.get("peft") else peft_type
+        raise UnmergeableAdapter(
+            f"{path}: a {peft_type} adapter ({param}) prepends learned virtual tokens at run time and cannot be merged "
+            "into weights; it loads only as its base + PeftModel on the HF back end (load_causal_lm)"
+        )
     base_ref = resolve_base_ref(meta["base"], path)
     check_base_digest(meta, base_ref, path)
     base_dir = resolve_spec(base_ref)

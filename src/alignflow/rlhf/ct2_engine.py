@@ -5,7 +5,8 @@ Why CTranslate2: on a 2-core CPU it decodes the embedded 135M model ~1.7x faster
 42 MB wheel beside the pinned torch, converts HF Llama/Qwen2/GPT-2 checkpoints itself, and batches
 many sequences per step. The model being sampled is exactly the one trained: a PEFT adapter is
 merged into its base first (`resolve_spec`), and the converted copy is cached under
-`cache/models/ct2-<weights digest>-v<N>` so a re-run pays nothing.
+`cache/models/ct2-<weights digest>-v<N>` so a re-run pays nothing. A prompt-learning adapter
+(prefix, prompt, P-tuning) has no merged form: `UnsupportedModel`, so `auto` generates on HF.
 
 The contract is the HF path's (`generation.generate_with_details`): the project's chat template,
 the same EOS set, `n` samples per prompt, seeded, `Generation` records in prompt order.
@@ -35,7 +36,8 @@ MIN_BATCH = 64
 
 
 class UnsupportedModel(ValueError):
-    """CTranslate2 has no converter for this architecture (auto then falls back to HF)."""
+    """CTranslate2 cannot run this model: no converter for its architecture, or a prompt-learning
+    adapter with no merged weights to convert (auto then falls back to HF)."""
 
 
 def installed() -> bool:
@@ -77,11 +79,14 @@ class CT2Generator:
     name = "ct2"
 
     def __init__(self, model_ref: str, *, trust_remote_code: bool = False, compute_type: str = "float32"):
-        from alignflow.models import load_tokenizer, resolve_spec
+        from alignflow.models import UnmergeableAdapter, load_tokenizer, resolve_spec
 
         self.model_ref, self.trust_remote_code = model_ref, trust_remote_code
         self.compute_type = compute_type
-        self.local = resolve_spec(model_ref, trust_remote_code=trust_remote_code)  # adapters merged
+        try:
+            self.local = resolve_spec(model_ref, trust_remote_code=trust_remote_code)  # adapters merged
+        except UnmergeableAdapter as err:  # prefix/prompt/P-tuning: virtual tokens exist only in PEFT
+            raise UnsupportedModel(str(err)) from err
         # A models/* dir carries the tokenizer and chat template it was trained with.
         self.tokenizer = load_tokenizer(model_ref, trust_remote_code=trust_remote_code)
         self.eos_ids = eos_token_ids(None, self.tokenizer, _generation_config(self.local))

@@ -123,6 +123,7 @@ def generate_with_details(
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
 
     results: list[list[Generation | None]] = [[None] * n for _ in prompts]
+    batches = _batches(rows, encoded, batch_size, unpadded=_ignores_position_ids(model))
     was_training = model.training
     model.eval()
     started, produced = time.perf_counter(), 0
@@ -130,11 +131,10 @@ def generate_with_details(
     if progress:  # a bar on a terminal, else a line every few batches (alignflow.progress)
         from alignflow.progress import StepProgress
 
-        shown = StepProgress("generate", -(-len(rows) // batch_size), keys=("tok/s",), unit="batch")
+        shown = StepProgress("generate", len(batches), keys=("tok/s",), unit="batch")
     try:
-        for b, start in enumerate(range(0, len(rows), batch_size)):
+        for b, batch in enumerate(batches):
             threads.rebalance()  # another alignflow process started or ended: take a fair share
-            batch = rows[start : start + batch_size]
             ids, mask = left_pad([encoded[p] for p, _ in batch], pad_id)
             # Seeded per batch: the same prompts, params and seed give the same samples.
             torch.manual_seed(seed + b)
@@ -152,6 +152,30 @@ def generate_with_details(
         if shown is not None:
             shown.close()
     return results  # type: ignore[return-value]
+
+
+def _ignores_position_ids(model) -> bool:
+    """A PEFT prompt-tuning or P-tuning model: PEFT drops position_ids ("Position ids are not
+    supported for parameter efficient tuning. Ignoring position ids."), so left padding would shift
+    every real token's position and change the output."""
+    config = getattr(model, "active_peft_config", None)
+    return getattr(getattr(config, "peft_type", None), "value", None) in ("PROMPT_TUNING", "P_TUNING")
+
+
+def _batches(rows: list[tuple[int, int]], encoded: list[list[int]], batch_size: int, *,
+             unpadded: bool = False) -> list[list[tuple[int, int]]]:
+    """`rows` (sorted by prompt length) in batches of `batch_size`; `unpadded`: a batch also never
+    mixes prompt lengths (no padding, at the cost of more, smaller batches)."""
+    if not unpadded:
+        return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    batches: list[list[tuple[int, int]]] = []
+    for row in rows:
+        last = batches[-1] if batches else None
+        if last and len(last) < batch_size and len(encoded[last[0][0]]) == len(encoded[row[0]]):
+            last.append(row)
+        else:
+            batches.append([row])
+    return batches
 
 
 def generate(
@@ -229,11 +253,12 @@ def choose_backend(wanted: str, *, param: str, vllm_ok: bool = False) -> str:
 
 
 def make_generator(ref: str, backend: str, *, trust_remote_code: bool = False, dtype="auto",
-                   compute_type: str = "float32", fallback: bool = False):
+                   compute_type: str = "float32", fallback: bool = False, param: str | None = None):
     """A generator for the model `ref` (any model spec or models/* dir) on `backend` (hf | ct2).
 
-    `fallback`: a model CTranslate2 cannot convert (an architecture it lacks) runs on HF with a
-    warning instead of failing: what `auto` promises."""
+    `fallback`: a model CTranslate2 cannot run (an architecture it lacks, a prompt-learning
+    adapter with no merged weights) runs on HF with a warning instead of failing: what `auto`
+    promises. Without it the error names `param` (the stage's backend param) when given."""
     if backend == "ct2":
         from alignflow.rlhf.ct2_engine import CT2Generator, UnsupportedModel
 
@@ -241,7 +266,13 @@ def make_generator(ref: str, backend: str, *, trust_remote_code: bool = False, d
             return CT2Generator(ref, trust_remote_code=trust_remote_code, compute_type=compute_type)
         except UnsupportedModel as err:
             if not fallback:
-                raise
+                if param is None:
+                    raise
+                from alignflow.config import ParamsError
+
+                detail = str(err).removeprefix(f"{ref}: ")
+                raise ParamsError(f"{param}: ct2 cannot run {ref}: {detail}; set {param}: auto (falls back to hf) "
+                                  "or hf") from err
             log.warning("%s: CTranslate2 cannot run it (%s); generating with HF", ref, err)
     from alignflow.models import load_causal_lm
 

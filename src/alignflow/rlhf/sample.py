@@ -62,6 +62,12 @@ def sample_prompts(params, prompts: list[list[dict]], model_dir: str | os.PathLi
     gen = dict(n=cfg.k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
     backend = choose_backend(params)
     trust = params.model.trust_remote_code
+    from alignflow.models import is_prompt_learning
+
+    if backend == "vllm" and cfg.backend == "auto" and is_prompt_learning(model_dir):
+        log.info("sample.backend: auto -> hf (%s is a prompt-learning adapter: vLLM runs merged weights only)",
+                 model_dir)
+        backend = "hf"
     if backend == "vllm":
         from alignflow.models import resolve_spec
         from alignflow.rlhf.generation import generate_vllm
@@ -81,7 +87,7 @@ def sample_prompts(params, prompts: list[list[dict]], model_dir: str | os.PathLi
 
     generator = make_generator(str(model_dir), backend, trust_remote_code=trust, dtype=params.model.dtype,
                                compute_type=params.model.engine_compute_type,
-                               fallback=params.sample.backend == "auto")
+                               fallback=params.sample.backend == "auto", param="sample.backend")
     return generator.generate_with_details(prompts, batch_size=cfg.batch_size, **gen), generator.name
 
 

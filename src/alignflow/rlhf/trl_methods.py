@@ -41,9 +41,9 @@ def training_args(align, params, run_dir: str, *, per_device_batch: int) -> dict
 
 
 def lora_config(align):
-    from alignflow.training.common import lora_config as section_lora_config
+    from alignflow.training.peft_methods import peft_config
 
-    return section_lora_config(align, "CAUSAL_LM")
+    return peft_config(align, "CAUSAL_LM")  # align has no `peft`: always LoRA from align.lora
 
 
 def read_table(path: str, columns: tuple[str, ...], what: str, limit: int | None = None,

@@ -95,19 +95,6 @@ def quantization_config(peft: str):
     )
 
 
-def lora_config(section, task_type: str):
-    """PEFT LoraConfig from a section with `lora` (and `peft`: none means full fine-tuning)."""
-    if getattr(section, "peft", "lora") == "none":
-        return None
-    from peft import LoraConfig
-
-    lora = section.lora
-    return LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-        task_type=task_type, bias="none",
-    )
-
-
 def runtime_args(params: Params) -> dict[str, Any]:
     """Device, precision, seeding, checkpointing and logging that every HF/TRL trainer here shares."""
     import torch

@@ -6,7 +6,8 @@ loss = -log σ(r(chosen) - r(rejected) - margin) (+ c · mean((r_c + r_r)²) whe
 calibration `compare_scale` (rlhf/judges.py; reference judge: 0.1 score ≈ 1 logit).
 Data: data/prefs/{train,val}.jsonl (the rank stage) when present, else the formatted human pairs
 data/formatted/prefs_{train,val}.jsonl. Base: `reward.base` (models/sft by default: the SFT adapter
-merged into its base, with a fresh score head), LoRA (`peft: lora`, the head fully trained) or full.
+merged into its base, with a fresh score head), a PEFT adapter (`peft: lora | adalora | ia3`, the head
+fully trained) or full weights (`peft: none`).
 Outputs models/reward/, plots/reward_loss.csv (train loss), plots/reward_eval.csv (eval loss and
 held-out pair accuracy per eval step), held-out pair accuracy and mean margin.
 """
@@ -21,7 +22,7 @@ from typing import Any
 from alignflow import paths, scratch
 from alignflow.config import Params
 from alignflow.io import InputError
-from alignflow.training import common
+from alignflow.training import common, peft_methods
 from alignflow.training.launcher import LOOP_DIR_KEY, LOOP_HINT_KEY, run_training
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def train_loop(config: dict) -> dict[str, Any]:
                                              train_or_restore)
     from alignflow.training.sft import load_for_training
 
-    params = validate(config["params"], "loop config")
+    params = validate(config["params"], "loop config", cross_checks=False)  # checked whole by the stage
     section = params.reward
     run_dir = config[LOOP_DIR_KEY]
     model, tokenizer = load_for_training(config["base"], params, section.peft, reward=True)
@@ -92,7 +93,8 @@ def train_loop(config: dict) -> dict[str, Any]:
         center_rewards_coefficient=section.center_rewards_coefficient or None,
         disable_dropout=True,
     )
-    peft_config = common.lora_config(section, "SEQ_CLS")
+    peft_config = peft_methods.peft_config(section, "SEQ_CLS",
+                                     total_steps=peft_methods.planned_steps(section, len(train_rows), args.world_size))
     if peft_config is not None:
         peft_config.modules_to_save = ["score"]  # the new head is trained in full
     trainer = RewardTrainer(
@@ -105,8 +107,10 @@ def train_loop(config: dict) -> dict[str, Any]:
     )
     if len(trainer.train_dataset) == 0:
         raise InputError(f"{config['train_file']}: every pair is longer than reward.max_length ({section.max_length})")
-    trainer = prepare_hf_trainer(trainer, name="reward")
+    trainable = peft_methods.trainable_summary(trainer.model)
     resume = resume_checkpoint(run_dir)
+    trainer = peft_methods.with_peft_method(trainer, section, "reward", resume)
+    trainer = prepare_hf_trainer(trainer, name="reward")
     if resume:
         log.info("resuming from %s", resume)
     resumed_step = int(common.checkpoint_state(resume).get("global_step", 0))  # before rotation deletes it
@@ -115,6 +119,8 @@ def train_loop(config: dict) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     state = trainer.state
     steps_done = state.global_step - resumed_step
+    if resume and steps_done == 0:  # the final checkpoint, restored: nothing trained
+        peft_methods.restore_peft_state(trainer.model, resume)
     metrics: dict[str, Any] = {
         "train_loss": common.last_logged(state.log_history, "loss"),
         "train_loss_mean": result.training_loss,
@@ -125,7 +131,10 @@ def train_loop(config: dict) -> dict[str, Any]:
         "dropped_over_length": len(train_rows) - len(trainer.train_dataset),
         "train_runtime_s": round(elapsed, 2),
         "s_per_step": round(elapsed / max(1, steps_done), 3),
+        **trainable,
     }
+    if section.peft == "adalora":
+        metrics.update(peft_methods.adalora_ranks(trainer.model))
     if val is not None:
         # the last periodic eval, when it ran at the final step, is the final eval
         ev = common.eval_at_step(state.log_history, state.global_step) or trainer.evaluate()
@@ -140,7 +149,8 @@ def train_loop(config: dict) -> dict[str, Any]:
         meta = {"base": config["base"], "stage": "reward", "peft": section.peft, "max_length": section.max_length}
         if config.get("base_digest"):
             meta["base_digest"] = config["base_digest"]
-        save_model_dir(trainer.model, tokenizer, config["staging_dir"], {"kind": "reward", **meta})
+        out = save_model_dir(trainer.model, tokenizer, config["staging_dir"], {"kind": "reward", **meta})
+        metrics["adapter_params"] = peft_methods.saved_adapter_params(out)
         metrics["history"] = trainer.step_metrics.history
     report_final({k: v for k, v in metrics.items() if k != "history"})
     return metrics

@@ -13,6 +13,13 @@ others fail with a clear error), and a token is trained on when it starts inside
 covers every assistant turn of a multi-turn chat, including its end-of-turn token (the model learns
 to stop). TRL gets `input_ids` + `assistant_masks` and builds the -100 labels, truncation and
 packing from them.
+
+PEFT (`sft.peft`, config built by `peft_methods.peft_config`): lora, qlora, adalora, ia3 (weights that
+merge: later stages see the merged copy) or prefix, prompt, ptuning (learned virtual tokens, loaded
+as base + PeftModel; TRL masks their positions out of the loss), or none. AdaLoRA's rank schedule
+runs in `peft_methods.AdaLoraCallback`. The metrics record `trainable_params` / `trainable_fraction`
+(what the optimizer updates) and `adapter_params` (what the saved adapter holds: AdaLoRA after
+pruning, only the final virtual tokens of P-tuning and projected prefix tuning).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 from alignflow import paths, scratch
 from alignflow.config import Params
 from alignflow.io import InputError
-from alignflow.training import common
+from alignflow.training import common, peft_methods
 from alignflow.training.launcher import LOOP_DIR_KEY, LOOP_HINT_KEY, run_training
 
 log = logging.getLogger(__name__)
@@ -141,7 +148,7 @@ def train_loop(config: dict) -> dict[str, Any]:
     from alignflow.training.launcher import (is_rank_zero, prepare_hf_trainer, report_final, resume_checkpoint,
                                              train_or_restore)
 
-    params = validate(config["params"], "loop config")
+    params = validate(config["params"], "loop config", cross_checks=False)  # checked whole by the stage
     section = params.sft
     run_dir = config[LOOP_DIR_KEY]
     model, tokenizer = load_for_training(config["base"], params, section.peft)
@@ -165,10 +172,14 @@ def train_loop(config: dict) -> dict[str, Any]:
         train_dataset=train,
         eval_dataset=val,
         processing_class=tokenizer,
-        peft_config=common.lora_config(section, "CAUSAL_LM"),
+        peft_config=peft_methods.peft_config(section, "CAUSAL_LM",
+                                       total_steps=peft_methods.planned_steps(section, len(train), args.world_size),
+                                       tokenizer_dir=tokenizer.name_or_path),
     )
-    trainer = prepare_hf_trainer(trainer, name="sft")
+    trainable = peft_methods.trainable_summary(trainer.model)
     resume = resume_checkpoint(run_dir)
+    trainer = peft_methods.with_peft_method(trainer, section, "sft", resume)
+    trainer = prepare_hf_trainer(trainer, name="sft")
     if resume:
         log.info("resuming from %s", resume)
     before = common.checkpoint_state(resume)  # read now: checkpoint rotation may delete it
@@ -177,6 +188,8 @@ def train_loop(config: dict) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     state = trainer.state
     resumed_step = int(before.get("global_step", 0))
+    if resume and state.global_step == resumed_step:  # the final checkpoint, restored: nothing trained
+        peft_methods.restore_peft_state(trainer.model, resume)
     # Tokens/s over this process's work only (a resumed run counts from its checkpoint).
     tokens_seen = float(state.num_input_tokens_seen or 0)
     tokens_before = float(before.get("num_input_tokens_seen") or 0)
@@ -191,7 +204,10 @@ def train_loop(config: dict) -> dict[str, Any]:
         "tokens_per_s": round((tokens_seen - tokens_before) / elapsed, 2) if elapsed > 0 else None,
         "train_runtime_s": round(elapsed, 2),
         "s_per_step": round(elapsed / max(1, state.global_step - resumed_step), 3),
+        **trainable,
     }
+    if section.peft == "adalora":
+        metrics.update(peft_methods.adalora_ranks(trainer.model))
     if val is not None:
         # the last periodic eval, when it ran at the final step, is the final eval
         ev = common.eval_at_step(state.log_history, state.global_step) or trainer.evaluate()
@@ -202,8 +218,9 @@ def train_loop(config: dict) -> dict[str, Any]:
         model_to_save = trainer.model
         meta = {"base": config["base"], "stage": "sft", "peft": section.peft, "loss_on": section.loss_on,
                 "max_length": section.max_length, "packing": section.packing}
-        save_model_dir(model_to_save, tokenizer, config["staging_dir"], meta,
-                       merged=section.merge_adapter and section.peft != "none")
+        out = save_model_dir(model_to_save, tokenizer, config["staging_dir"], meta,
+                             merged=section.merge_adapter and section.peft != "none")
+        metrics["adapter_params"] = peft_methods.saved_adapter_params(out)
         metrics["history"] = trainer.step_metrics.history
     report_final({k: v for k, v in metrics.items() if k != "history"})
     return metrics
