@@ -136,6 +136,22 @@ PAIRWISE_PARAMS = {
 }
 
 
+def test_length_meter_reads_dpo_and_orpo_batches():
+    """DPO's batches carry one completion mask; ORPO/CPO pad each side on its own (other widths)."""
+    from alignflow.rlhf.align_common import LengthMeter
+
+    batches = iter([
+        {"completion_mask": torch.tensor([[1, 1, 0], [1, 1, 1]])},
+        {"chosen_labels": torch.tensor([[-100, 5, 6, -100]]), "rejected_labels": torch.tensor([[-100, 7, 8, 9, 9, -100]])},
+    ])
+    meter = LengthMeter(lambda features: next(batches))
+    meter([]), meter([])
+    meter.consume(1)
+    assert meter.take_mean() == 2.5
+    meter.consume(1)
+    assert meter.take_mean() == 3.0  # (2 + 4) / 2
+
+
 @pytest.mark.parametrize("method", sorted(PAIRWISE_PARAMS))
 def test_pairwise_stage_raises_preference_accuracy(method, tmp_path, monkeypatch, tracker):
     """DPO, ORPO and SimPO each move their own objective: the policy prefers the chosen answers."""

@@ -204,11 +204,12 @@ class LengthMeter:
         if not isinstance(batch, dict):
             return batch
         mask = batch.get("completion_mask")
-        if mask is None and "chosen_labels" in batch:  # ORPO/CPO: the completion's labels, -100 elsewhere
-            mask = torch.cat([batch["chosen_labels"] != -100, batch["rejected_labels"] != -100])
         if mask is not None:
             # DPO stacks chosen then rejected: the mean covers both.
             self.queued.append(float(mask.sum(-1).float().mean()))
+        elif "chosen_labels" in batch:  # ORPO/CPO: each side padded on its own, labels -100 off the completion
+            lengths = torch.cat([(batch[f"{side}_labels"] != -100).sum(-1) for side in ("chosen", "rejected")])
+            self.queued.append(float(lengths.float().mean()))
         return batch
 
     def consume(self, n: int) -> None:
