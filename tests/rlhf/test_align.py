@@ -319,6 +319,13 @@ def test_rest_selection_keeps_the_rising_quantile():
     assert [(k["prompt"][0]["content"], k["score"]) for k in raft] == [("a", 3.0), ("b", 5.0)]
 
 
+def test_rest_is_refused_on_several_workers():
+    from alignflow.config import ParamsError
+
+    with pytest.raises(ParamsError, match=r"align.method: rest runs on one worker.*ray.num_workers"):
+        validate({"align": {"method": "rest"}, "ray": {"num_workers": 2}})
+
+
 def test_rest_stage_trains_on_what_it_keeps_and_resumes_by_round(tmp_path, monkeypatch, tracker):
     """Two rounds on the tiny model: the samples the reward model kept become likelier under the
     policy than under SFT; a run killed in round 2 resumes there without growing round 1 again."""

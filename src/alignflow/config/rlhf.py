@@ -236,6 +236,10 @@ class AlignParams(Section):
             problems.append("max_prompt_length: must be below align.max_length")
         if self.method == "ppo" and self.ppo.mini_batch_size > self.ppo.rollout_batch_size:
             problems.append("ppo.mini_batch_size: must not exceed align.ppo.rollout_batch_size")
+        if self.method == "rest" and params.ray.num_workers > 1:
+            problems.append(f"method: rest runs on one worker (its Grow step is not sharded and each round's "
+                            f"checkpoint is written by one process); set ray.num_workers to 0 or 1, "
+                            f"not {params.ray.num_workers}")
         if self.method == "best_of_n" and self.best_of_n.n > 1 and params.sample.temperature == 0:
             problems.append(f"best_of_n.n: {self.best_of_n.n} samples at sample.temperature=0 (greedy) are the same "
                             "response; set sample.temperature > 0 or align.best_of_n.n = 1")
