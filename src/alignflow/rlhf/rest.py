@@ -59,7 +59,7 @@ def grow(policy_dir: str, prompts: list[list[dict]], params, seed: int):
     backend = choose_backend(params.sample.backend, param="sample.backend")
     generator = make_generator(policy_dir, backend, trust_remote_code=params.model.trust_remote_code,
                                dtype=params.model.dtype, compute_type=params.model.engine_compute_type,
-                               fallback=params.sample.backend == "auto")
+                               fallback=params.sample.backend == "auto", param="sample.backend")
     generations = generator.generate_with_details(
         prompts, batch_size=params.sample.batch_size, n=rest.k, max_new_tokens=align.max_new_tokens,
         temperature=rest.temperature, top_p=params.sample.top_p, seed=seed)
