@@ -71,6 +71,9 @@ def project(tmp_path, monkeypatch):
         write_jsonl(root / "data/formatted/sft_val.jsonl", [conversation(i) for i in range(100, 104)])
         write_jsonl(root / "data/formatted/prefs_train.jsonl", [preference(i) for i in range(n_train)])
         write_jsonl(root / "data/formatted/prefs_val.jsonl", [preference(i) for i in range(100, 106)])
+        write_jsonl(root / "data/formatted/prompts_val.jsonl",
+                    [{"id": f"q{i}", "prompt": [{"role": "user", "content": f"Name colour number {i}."}],
+                      "reference": "Blue is a calm colour."} for i in range(100, 104)])
         raw = smoke_params(overrides)
         (root / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
         if chdir:

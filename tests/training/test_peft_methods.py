@@ -56,9 +56,10 @@ def test_sft_trains_saves_and_the_sample_loader_generates(method, project, reque
     from alignflow.rlhf.sample import sample_prompts
     from alignflow.training import sft
 
-    tracked = method == "prompt"  # one prompt-learning adapter through MLflow logging + registry
+    tracked = method == "prompt"  # one prompt-learning adapter through MLflow logging + registry + judge_eval
+    judged = {"sft.judge_eval.max_prompts": 3, "sft.judge_eval.max_new_tokens": 8} if tracked else {}
     _, params = project(method_params(method, **{"sft.max_steps": 2, "sft.save_steps": 2, "sft.eval_steps": 2,
-                                                   "tracking.log_models": tracked}), n_train=8)
+                                                   "tracking.log_models": tracked, **judged}), n_train=8)
     if tracked:
         from alignflow.stage import run_stage
 
@@ -113,6 +114,15 @@ def test_sft_trains_saves_and_the_sample_loader_generates(method, project, reque
         assert version.tags["adapter"] == "True" and int(version.version) == metrics["registered_version"]
         components = mlflow.transformers.load_model(f"runs:/{version.run_id}/model", return_type="components")
         assert components["model"].active_peft_config.peft_type.value == "PROMPT_TUNING"
+        # sft.judge_eval: 3 validation prompts answered on HF (prompt learning), judged, the rows logged
+        assert metrics["judge_n_prompts"] == 3 and metrics["judge_backend"] == "hf"
+        assert metrics["judge_score_ci_low"] <= metrics["judge_score_mean"] <= metrics["judge_score_ci_high"]
+        assert saved["judge_score_mean"] == metrics["judge_score_mean"]
+        table = mlflow.artifacts.download_artifacts(f"runs:/{version.run_id}/judge_eval.json")
+        rows = json.loads(Path(table).read_text())
+        assert len(rows["data"]) == 3 and rows["columns"] == ["prompt", "response", "reference", "score"]
+    else:
+        assert "judge_score_mean" not in metrics  # off by default
 
 
 def test_trainable_params_differ_by_method():

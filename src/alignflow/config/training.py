@@ -89,6 +89,21 @@ class TrainLoopParams(Section):
         return problems
 
 
+class JudgeEvalParams(Section):
+    """sft.judge_eval: after training, the SFT model answers held-out validation prompts
+    (data/formatted/prompts_val.jsonl) and the eval's reference judge (rank.reference) scores each
+    answer: a quality number to compare SFT recipes (e.g. the PEFT methods) by, without running the
+    rest of the DAG. Off (max_prompts: 0) in the default recipe: eval judges SFT on the test prompts."""
+
+    max_prompts: int = Field(0, ge=0, description="0 = off")
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    batch_size: int = Field(16, ge=1)
+    # hf by default: prompt-learning adapters run on HF only, and one back end samples every recipe alike.
+    backend: Literal["hf", "auto", "ct2"] = "hf"
+
+
 class SFTParams(TrainLoopParams):
     max_length: int = Field(512, ge=16)
     # Loss on assistant tokens only (every assistant turn of a multi-turn chat), or on everything.
@@ -100,6 +115,7 @@ class SFTParams(TrainLoopParams):
     prefix: PrefixParams = PrefixParams()
     prompt: PromptParams = PromptParams()
     ptuning: PTuningParams = PTuningParams()
+    judge_eval: JudgeEvalParams = JudgeEvalParams()
 
     def cross_check(self, params) -> list[str]:
         problems = self._common_checks(params, self.max_length, params.model.base)
@@ -140,7 +156,8 @@ class SFTParams(TrainLoopParams):
                 f"gradient_checkpointing: true does not work with {peft}: the prefix is passed as a key/value "
                 "cache, which transformers turns off under gradient checkpointing; set sft.gradient_checkpointing: false"
             )
-        for name, backend in (("sample.backend", params.sample.backend), ("eval.backend", params.eval.backend)):
+        for name, backend in (("sample.backend", params.sample.backend), ("eval.backend", params.eval.backend),
+                              ("sft.judge_eval.backend", self.judge_eval.backend)):
             if backend in ("ct2", "vllm"):
                 problems.append(
                     f"peft: {self.peft} cannot run on {name}: {backend}, which needs merged weights (the virtual "

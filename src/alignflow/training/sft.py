@@ -258,5 +258,17 @@ def run(params: Params, tracker) -> dict[str, Any]:
         tracker.log_artifact(CURVE)
         tracker.log_artifact(EVAL_CURVE)
         metrics.update(common.log_and_register(params, tracker, OUTPUT, "sft", task="text-generation"))
+    if params.sft.judge_eval.max_prompts:
+        metrics.update(_judge_eval(params, tracker))
     return {k: v for k, v in metrics.items() if v is not None}
 
+
+def _judge_eval(params: Params, tracker) -> dict[str, Any]:
+    """sft.judge_eval: the reference judge's score of models/sft on held-out validation prompts."""
+    from alignflow.evaluation.judge_eval import judge_model
+
+    prompts = common.require_file(common.FORMATTED / "prompts_val.jsonl", "validation prompts", "format")
+    metrics, rows = judge_model(OUTPUT, prompts, params)
+    if tracker is not None and rows:
+        tracker.log_table(rows, "judge_eval.json")
+    return metrics
