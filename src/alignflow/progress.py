@@ -3,7 +3,7 @@ time), an end line (the headline result), and training progress — a tqdm bar w
 ETA on a terminal, a concise line every few steps elsewhere (Airflow task logs, CI).
 
 `describe` and `summary` are pure; `StepProgress` is what the HF trainer callback
-(launcher.ProgressCallback), our PPO loop (align_common.MetricsLogger) and batched generation use.
+(training.callbacks.ProgressCallback), our PPO loop (align_common.MetricsLogger) and batched generation use.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_metrics_logging_does_not_block_when_mlflow_dies(tmp_path, monkeypatch):
         for step in range(2, 12):
             sink.log({"loss": 1.0 / step}, step)
         assert time.monotonic() - started < 2.0  # ~4 min per step before (blocking retries)
-        lost = sink.close(timeout=20)
+        lost = sink.close(timeout=3)
         assert lost == list(range(2, 12))
         assert [row["step"] for row in sink.history] == list(range(1, 12))  # the curve is whole
     finally:
@@ -86,7 +86,8 @@ def test_checkpoints_survive_a_tracking_failure_and_the_rerun_only_redoes_the_lo
     root, _ = project({"sft.max_steps": 6, "sft.save_steps": 2, "sft.eval_steps": 100}, chdir=False)
     port = free_port()
     server, uri = start_mlflow_server(tmp_path / "mlflow", port)
-    env = _env(MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1")
+    # a dead server: waiting 30 s for its queued metrics would only slow the test
+    env = _env(MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", ALIGNFLOW_MLFLOW_FLUSH_S="3")
     cmd = [sys.executable, "-m", "components.sft"]
     try:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

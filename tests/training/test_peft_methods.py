@@ -247,12 +247,14 @@ def test_prompt_learning_reward_models_fail_as_validation_says():
 
 def interrupted_then_resumed(params, root: Path) -> dict:
     """sft fails after step 3 of 4 (a checkpoint at step 2), then a re-run resumes it."""
+    from transformers import TrainerCallback
+
     from alignflow.training import launcher, sft
     from alignflow.training.launcher import TrainingError
 
     armed = [True]
 
-    class FailAfterStep3(launcher._trainer_callback_base()):
+    class FailAfterStep3(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if armed[0] and state.global_step == 3:
                 raise RuntimeError("injected failure after step 3")
@@ -330,46 +332,49 @@ def test_ptuning_resumes_to_the_same_adapter_as_an_uninterrupted_run(project):
 # --- generation with prompt learning -----------------------------------------------------------------
 
 
-def test_prompt_tuning_is_generated_without_left_padding():
-    """PEFT ignores position_ids for prompt tuning and P-tuning ("Position ids are not supported for
-    parameter efficient tuning"), so a left-padded row sees its tokens at shifted positions and gets
-    other logits than alone: such a model is generated in batches of equal prompt length."""
+@pytest.mark.parametrize("method", ["prompt", "ptuning"])
+def test_prompt_learning_generates_what_peft_computes_without_a_cache(method):
+    """PEFT's generate() for prompt tuning and P-tuning is right only for the first token once the
+    KV cache is on (huggingface/peft#1391), and it ignores position ids, so left padding shifts
+    positions. alignflow generates with the base model on [pads, virtual tokens, prompt] embeddings:
+    greedy tokens equal PEFT's uncached generation of each prompt alone, in one padded batch."""
     import torch
-    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+    from peft import LoraConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 
     from alignflow.models import load_causal_lm
-    from alignflow.rlhf.generation import _batches, _ignores_position_ids, encode_prompts, generate_with_details, left_pad
+    from alignflow.rlhf.generation import virtual_token_inputs, encode_prompts, generate_with_details, left_pad
 
     model, tok = load_causal_lm("tiny:llama", device="cpu", dtype="float32")
-    assert not _ignores_position_ids(model)
-    torch.manual_seed(0)
-    model = get_peft_model(model, PromptTuningConfig(num_virtual_tokens=8, task_type="CAUSAL_LM")).eval()
-    assert _ignores_position_ids(model)
-    with torch.no_grad():  # virtual tokens strong enough to matter to the random model
-        model.prompt_encoder["default"].embedding.weight.mul_(50)
-    encoded = encode_prompts(tok, PROMPTS)
-    ids, mask = left_pad(encoded, tok.pad_token_id)
-    with torch.no_grad():
-        alone = model(input_ids=torch.tensor(encoded[:1])).logits[0, -1]
-        padded = model(input_ids=ids, attention_mask=mask).logits[0, -1]
-    assert not torch.allclose(alone, padded, atol=1e-4)  # the problem the equal-length batches avoid
-
-    seen = []
-    generate = model.generate
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs["attention_mask"])
-        return generate(*args, **kwargs)
-
-    model.generate = recording
-    gens = generate_with_details(model, tok, PROMPTS, n=2, max_new_tokens=4, temperature=0, batch_size=8,
-                                 progress=False)
-    assert [len(g) for g in gens] == [2, 2] and len(seen) == 2 and all(bool(m.all()) for m in seen)  # no padding
-
+    assert virtual_token_inputs(model) is None
     lora = get_peft_model(load_causal_lm("tiny:llama", device="cpu")[0], LoraConfig(r=2, target_modules="all-linear"))
-    assert not _ignores_position_ids(lora)
-    rows = [(0, 0), (0, 1), (1, 0), (2, 0)]
-    lengths = [[1, 2, 3], [4, 5], [6, 7]]
-    assert _batches(rows, lengths, 8) == [rows]
-    assert _batches(rows, lengths, 8, unpadded=True) == [[(0, 0), (0, 1)], [(1, 0), (2, 0)]]
-    assert _batches(rows, lengths, 1, unpadded=True) == [[r] for r in rows]
+    assert virtual_token_inputs(lora) is None
+    torch.manual_seed(0)
+    config = (PromptTuningConfig(num_virtual_tokens=8, task_type="CAUSAL_LM") if method == "prompt" else
+              PromptEncoderConfig(num_virtual_tokens=8, encoder_hidden_size=32, task_type="CAUSAL_LM"))
+    model = get_peft_model(model, config).eval()
+    assert virtual_token_inputs(model) is not None
+    with torch.no_grad():  # virtual tokens strong enough to matter to the random model
+        for param in model.prompt_encoder["default"].parameters():
+            param.mul_(50)
+
+    encoded = encode_prompts(tok, PROMPTS)
+    assert len({len(e) for e in encoded}) == 2  # two lengths: the batch below is left-padded
+    greedy = dict(max_new_tokens=6, do_sample=False, eos_token_id=None, output_scores=True,
+                  return_dict_in_generate=True)
+    reference = []  # PEFT's own path, each prompt alone, without the cache it gets wrong
+    for ids in encoded:
+        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             use_cache=False, **greedy)
+        reference.append((out.sequences[0, len(ids):].tolist(), torch.cat(out.scores)))
+    ids, mask = left_pad(encoded, tok.pad_token_id)
+    batched = model.get_base_model().generate(**virtual_token_inputs(model)(ids, mask), use_cache=True, **greedy)
+    for row, (tokens, scores) in enumerate(reference):  # the same logits at every step, padded and cached
+        assert batched.sequences[row].tolist() == tokens
+        assert torch.allclose(torch.stack([s[row] for s in batched.scores]), scores, atol=1e-4)
+    base, calls = model.get_base_model(), []
+    base_generate = base.generate
+    base.generate = lambda **kw: calls.append(sorted(kw)) or base_generate(**kw)
+    gens = generate_with_details(model, tok, PROMPTS, n=1, max_new_tokens=6, temperature=0, batch_size=8,
+                                 progress=False)
+    assert len(calls) == 1 and "inputs_embeds" in calls[0] and "input_ids" not in calls[0]  # one padded batch
+    assert [g[0].token_ids for g in gens] == [t[: len(g[0].token_ids)] for (t, _), g in zip(reference, gens)]

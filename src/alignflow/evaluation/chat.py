@@ -177,7 +177,7 @@ def stream_reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int,
     import torch
     from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-    from alignflow.rlhf.generation import encode_prompts, eos_token_ids
+    from alignflow.rlhf.generation import encode_prompts, eos_token_ids, virtual_token_inputs
 
     device = next(model.parameters()).device
     ids = torch.tensor(encode_prompts(tokenizer, [messages]), dtype=torch.long, device=device)
@@ -186,7 +186,10 @@ def stream_reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int,
     closing = threading.Event()
     sampling = dict(temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
         dict(temperature=None, top_p=None, top_k=None)
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+    virtual = virtual_token_inputs(model)  # prompt tuning / P-tuning: the base model on embeddings
+    inputs = virtual(ids, torch.ones_like(ids)) if virtual else dict(input_ids=ids, attention_mask=torch.ones_like(ids))
+    generator = model.get_base_model() if virtual else model
+    kwargs = dict(**inputs, max_new_tokens=max_new_tokens,
                   do_sample=temperature > 0, use_cache=True, eos_token_id=eos,
                   pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
                   streamer=streamer, stopping_criteria=StoppingCriteriaList([_flag_criterion(cancel, closing)]),
@@ -197,7 +200,7 @@ def stream_reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int,
         try:
             torch.manual_seed(seed)
             with torch.inference_mode():
-                model.generate(**kwargs)
+                generator.generate(**kwargs)
         except BaseException as err:  # surfaced in the caller's thread below
             errors.append(err)
             streamer.end()

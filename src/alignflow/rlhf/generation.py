@@ -123,7 +123,8 @@ def generate_with_details(
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
 
     results: list[list[Generation | None]] = [[None] * n for _ in prompts]
-    batches = _batches(rows, encoded, batch_size, unpadded=_ignores_position_ids(model))
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    virtual = virtual_token_inputs(model)
     was_training = model.training
     model.eval()
     started, produced = time.perf_counter(), 0
@@ -139,8 +140,12 @@ def generate_with_details(
             # Seeded per batch: the same prompts, params and seed give the same samples.
             torch.manual_seed(seed + b)
             with torch.inference_mode():
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
-            for (p, s), row in zip(batch, out[:, ids.shape[1]:].cpu()):
+                if virtual:  # the base model on [pads, virtual tokens, prompt] embeddings: new tokens only
+                    out = model.get_base_model().generate(**virtual(ids.to(device), mask.to(device)), **gen_kwargs)
+                else:
+                    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
+                    out = out[:, ids.shape[1]:]
+            for (p, s), row in zip(batch, out.cpu()):
                 tokens, finished = split_generated(row, set(eos_ids), pad_id)
                 text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
                 results[p][s] = Generation(text, finished, len(tokens) + int(finished), tokens)
@@ -154,28 +159,33 @@ def generate_with_details(
     return results  # type: ignore[return-value]
 
 
-def _ignores_position_ids(model) -> bool:
-    """A PEFT prompt-tuning or P-tuning model: PEFT drops position_ids ("Position ids are not
-    supported for parameter efficient tuning. Ignoring position ids."), so left padding would shift
-    every real token's position and change the output."""
+def virtual_token_inputs(model):
+    """For a PEFT prompt-tuning or P-tuning model: a function of a left-padded batch to the base
+    model's generate() inputs, the learned virtual tokens placed between the pads and the prompt
+    (where training saw them: first, at positions 0..V-1). Else None.
+
+    PEFT's own generate() for these adapters gets only the first token right once the KV cache is
+    on (huggingface/peft#1391: the cache and positions lose the virtual tokens' offset; the trained
+    SmolLM2 P-tuning adapter wrote "AEME\n\n…" where use_cache=False writes the answer), and
+    ignores position ids, so left padding shifted every position. As embeddings of a plain model,
+    the cache and the positions (from the attention mask) are the model's usual ones."""
     config = getattr(model, "active_peft_config", None)
-    return getattr(getattr(config, "peft_type", None), "value", None) in ("PROMPT_TUNING", "P_TUNING")
+    if getattr(getattr(config, "peft_type", None), "value", None) not in ("PROMPT_TUNING", "P_TUNING"):
+        return None
 
+    def inputs(ids, mask):
+        import torch
 
-def _batches(rows: list[tuple[int, int]], encoded: list[list[int]], batch_size: int, *,
-             unpadded: bool = False) -> list[list[tuple[int, int]]]:
-    """`rows` (sorted by prompt length) in batches of `batch_size`; `unpadded`: a batch also never
-    mixes prompt lengths (no padding, at the cost of more, smaller batches)."""
-    if not unpadded:
-        return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    batches: list[list[tuple[int, int]]] = []
-    for row in rows:
-        last = batches[-1] if batches else None
-        if last and len(last) < batch_size and len(encoded[last[0][0]]) == len(encoded[row[0]]):
-            last.append(row)
-        else:
-            batches.append([row])
-    return batches
+        embed = model.get_base_model().get_input_embeddings()
+        prompt_embeds = embed(ids)
+        soft = model.get_prompt(batch_size=ids.shape[0]).to(prompt_embeds.dtype)
+        pads = (mask == 0).sum(dim=1).tolist()
+        ones = torch.ones(soft.shape[1], dtype=mask.dtype, device=mask.device)
+        rows = [torch.cat([prompt_embeds[i, :p], soft[i], prompt_embeds[i, p:]]) for i, p in enumerate(pads)]
+        masks = [torch.cat([mask[i, :p], ones, mask[i, p:]]) for i, p in enumerate(pads)]
+        return {"inputs_embeds": torch.stack(rows), "attention_mask": torch.stack(masks)}
+
+    return inputs
 
 
 def generate(

@@ -41,14 +41,16 @@ from alignflow.config import Params
 log = logging.getLogger(__name__)
 
 RUN_ID_ENV = "ALIGNFLOW_MLFLOW_RUN_ID"
+# How long rank 0 waits at the end of training for metrics still queued for MLflow
+# (ALIGNFLOW_MLFLOW_FLUSH_S overrides it, e.g. where the server is known to be far or down).
+FLUSH_TIMEOUT_S = 30
+FLUSH_TIMEOUT_ENV = "ALIGNFLOW_MLFLOW_FLUSH_S"
 # Passed to the workers so they resolve models, the tracking server and the hub the same way.
 PROPAGATED_ENV = (
     "MLFLOW_TRACKING_URI", "ALIGNFLOW_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM",
-    "ALIGNFLOW_LOG_LEVEL", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "ALIGNFLOW_LOG_LEVEL", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", FLUSH_TIMEOUT_ENV,
 )
 OWNER_FILE = "owner.json"  # in a run dir: the process training it and its MLflow run
-# How long rank 0 waits at the end of training for metrics still queued for MLflow.
-FLUSH_TIMEOUT_S = 30
 LOOP_ENV_KEY = "_alignflow_env"
 LOOP_DIR_KEY = "_alignflow_run_dir"
 LOOP_HINT_KEY = "_alignflow_oom_hint"
@@ -367,28 +369,6 @@ def resume_checkpoint(run_dir: str | os.PathLike) -> str | None:
     return str(max(complete, key=lambda d: int(d.name.split("-")[-1])))
 
 
-def _trainer_callback_base():
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class FiniteLossCallback(_trainer_callback_base()):
-    """Stop with an error naming the step when the training loss is NaN/inf.
-
-    HF's `logging_nan_inf_filter` would hide it from the logs while the weights go bad.
-    """
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in ("loss", "eval_loss"):
-            value = (logs or {}).get(key)
-            if value is not None and not math.isfinite(float(value)):
-                raise NonFiniteLossError(
-                    f"{key} is {value} at step {state.global_step} (lr {logs.get('learning_rate')}): "
-                    "lower the learning rate, check the data for empty or masked-out examples, or use float32"
-                )
-
-
 class MetricsSink:
     """Rank 0's per-step metrics: kept in `history` (what plots/ draws) and sent to the stage's
     MLflow run asynchronously (MLflow's async logging), so a slow or dead tracking server never
@@ -437,9 +417,13 @@ class MetricsSink:
         except Exception as err:  # tracking is best effort: never kill a training run over it
             log.warning("MLflow logging failed at step %s: %s", step, err)
 
-    def close(self, timeout: float = FLUSH_TIMEOUT_S) -> list[int]:
-        """Wait (bounded) for the queued batches; returns the steps that were not logged."""
+    def close(self, timeout: float | None = None) -> list[int]:
+        """Wait (bounded: `timeout`, else FLUSH_TIMEOUT_S or its env override) for the queued
+        batches; returns the steps that were not logged."""
         from concurrent.futures import wait
+
+        if timeout is None:
+            timeout = float(os.environ.get(FLUSH_TIMEOUT_ENV) or FLUSH_TIMEOUT_S)
 
         # RunOperations keeps its futures private; MLflow's own combine helper reads them too.
         futures = {f: step for step, ops in self._pending for f in getattr(ops, "_operation_futures", [])}
@@ -453,58 +437,6 @@ class MetricsSink:
         return lost
 
 
-class StepMetricsCallback(_trainer_callback_base()):
-    """Rank 0: per-step metrics into the stage's MLflow run (by id, from any process) and a CSV."""
-
-    def __init__(self, run_id: str | None, rank_zero: bool, prefix: str = ""):
-        self.sink = MetricsSink(run_id, rank_zero, prefix)
-        self.history = self.sink.history
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        # A resumed trainer restored the checkpoint's log history: its steps belong to this curve.
-        if state.global_step > 0 and not self.history:
-            self.sink.replay([row for row in state.log_history if row.get("step", 0) <= state.global_step])
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
-            self.sink.log(logs, state.global_step)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.sink.close()
-
-
-class ProgressCallback(_trainer_callback_base()):
-    """Rank 0's progress (alignflow.progress.StepProgress): a bar with step, loss and ETA on a
-    terminal, else a concise line every few steps. Replaces HF's Printer/ProgressCallback, which
-    print every log entry as a dict."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.progress = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        from alignflow.progress import StepProgress
-
-        if state.is_world_process_zero:
-            self.progress = StepProgress(self.name, state.max_steps, initial=state.global_step)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        from alignflow import threads
-
-        threads.rebalance()  # another alignflow process started or ended: take a fair share
-        if self.progress is not None:  # HF's flow callback, first in the list, has set should_log
-            self.progress.advance(state.global_step, log_follows=control.should_log)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.progress is not None and logs:
-            self.progress.log(state.global_step, logs)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.close()
-            self.progress = None
-
-
 def prepare_hf_trainer(trainer, run_id: str | None = None, metrics_prefix: str = "", name: str = "train"):
     """Ray's `prepare_trainer` + `RayTrainReportCallback` + loss guard + rank-0 MLflow logging
     and progress (`name` heads its lines)."""
@@ -513,6 +445,7 @@ def prepare_hf_trainer(trainer, run_id: str | None = None, metrics_prefix: str =
     from transformers import ProgressCallback as HFProgressCallback
 
     from alignflow import logs
+    from alignflow.training.callbacks import FiniteLossCallback, ProgressCallback, StepMetricsCallback
 
     logs.adopt_library_loggers()  # Ray Train configured its loggers when the run started
     rank_zero = is_rank_zero()

@@ -17,6 +17,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
 from alignflow.config import ParamsError
 
 
@@ -130,14 +133,7 @@ def adalora_orth_penalty(model):
     return torch.stack(terms).mean() if terms else None
 
 
-def _callback_bases():
-    from transformers import TrainerCallback
-    from transformers.trainer_callback import ExportableState
-
-    return TrainerCallback, ExportableState
-
-
-class AdaLoraCallback(*_callback_bases()):
+class AdaLoraCallback(TrainerCallback, ExportableState):
     """AdaLoRA's rank schedule inside an HF trainer, which does not run it itself.
 
     `update_and_allocate` must see the gradients ("after loss.backward() and before zero_grad()",
@@ -197,7 +193,7 @@ class AdaLoraCallback(*_callback_bases()):
 PROMPT_ENCODER_FILE = "prompt_encoder.safetensors"
 
 
-class PromptEncoderCallback(_callback_bases()[0]):
+class PromptEncoderCallback(TrainerCallback):
     """Checkpoints of a prompt-learning adapter keep its whole prompt encoder.
 
     PEFT saves a prompt-learning adapter as its final virtual tokens only ("prompt_embeddings": for
