@@ -62,13 +62,15 @@ def eval_backend(params: Params) -> str:
     return choose_backend(params.eval.backend, param="eval.backend")
 
 
-def generator_for(ref: str, params: Params):
-    """The eval.backend generator for model `ref`; a ct2 one also scores log-probs (`score`)."""
-    from alignflow.rlhf.generation import make_generator
+def generator_for(ref: str, params: Params, wanted: str | None = None, param: str = "eval.backend"):
+    """The generator for model `ref` on the back end `wanted` (default eval.backend; `param` names
+    it in errors); a ct2 one also scores log-probs (`score`)."""
+    from alignflow.rlhf.generation import choose_backend, make_generator
 
-    return make_generator(ref, eval_backend(params), trust_remote_code=params.model.trust_remote_code,
+    wanted = wanted or params.eval.backend
+    return make_generator(ref, choose_backend(wanted, param=param), trust_remote_code=params.model.trust_remote_code,
                           dtype=params.model.dtype, compute_type=params.model.engine_compute_type,
-                          fallback=params.eval.backend == "auto", param="eval.backend")
+                          fallback=wanted == "auto", param=param)
 
 
 class BestOfN:

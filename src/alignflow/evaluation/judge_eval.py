@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def judge_model(model_ref: str | Path, prompts_file: Path, params: Params) -> tuple[dict[str, Any], list[dict]]:
-    """`sft.judge_eval` metrics of the model `model_ref` (a models/* dir or any model spec) on the first `max_prompts` records of
-    `prompts_file`, and one row per prompt (prompt, response, reference, score) for the tracker."""
-    from alignflow.rlhf.generation import choose_backend, make_generator
+    """`sft.judge_eval` metrics of the model `model_ref` (a models/* dir or any model spec) on the
+    first `max_prompts` records of `prompts_file`, and one row per prompt (prompt, response,
+    reference, score) for the tracker."""
+    from alignflow.evaluation.generations import generator_for
     from alignflow.rlhf.judges import build_judge, prompt_text
 
     cfg, param = params.sft.judge_eval, "sft.judge_eval.backend"
@@ -31,10 +32,7 @@ def judge_model(model_ref: str | Path, prompts_file: Path, params: Params) -> tu
         log.warning("sft.judge_eval: %s has no prompts; no judge score", prompts_file)
         return {}, []
     started = time.perf_counter()
-    generator = make_generator(str(model_ref), choose_backend(cfg.backend, param=param),
-                               trust_remote_code=params.model.trust_remote_code, dtype=params.model.dtype,
-                               compute_type=params.model.engine_compute_type, fallback=cfg.backend == "auto",
-                               param=param)
+    generator = generator_for(str(model_ref), params, cfg.backend, param)
     gens = [g[0] for g in generator.generate_with_details(
         [r["prompt"] for r in records], n=1, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
         top_p=cfg.top_p, seed=params.seed, batch_size=cfg.batch_size, progress=True)]
@@ -55,7 +53,6 @@ def judge_model(model_ref: str | Path, prompts_file: Path, params: Params) -> tu
     log.info("sft.judge_eval: reference-judge score %.3f (95%% CI %.3f–%.3f) on %d %s prompts with %s in %.0fs",
              metrics["judge_score_mean"], lo, hi, len(records), prompts_file.name, generator.name,
              metrics["judge_eval_s"])
-    rows = [{"prompt": prompt_text(r["prompt"]), "response": g.text, "reference": r.get("reference") or "", "score": float(s)}
-            for r, g, s in zip(records, gens, scores)]
+    rows = [{"prompt": prompt_text(r["prompt"]), "response": g.text, "reference": r.get("reference") or "",
+             "score": float(s)} for r, g, s in zip(records, gens, scores)]
     return metrics, rows
-
