@@ -121,3 +121,12 @@ def run_in(cwd: Path, *cmd: str, env: dict | None = None, timeout: int = 900) ->
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    """Under `pytest -n N --dist loadgroup` (make test), the scenarios stay on one worker: they
+    share one session-scoped base pipeline that would otherwise be built once per worker."""
+    for item in items:
+        if "tests/scenarios/" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("scenarios"))

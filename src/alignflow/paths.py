@@ -7,6 +7,7 @@ from pathlib import Path
 
 FORMATTED = Path("data/formatted")
 PROMPTS_TRAIN = FORMATTED / "prompts_train.jsonl"
+CONSTRAINT_PROMPTS_TRAIN = FORMATTED / "prompts_ifeval_train.jsonl"
 PREFS_TRAIN_HUMAN = FORMATTED / "prefs_train.jsonl"
 PREFS_TEST = FORMATTED / "prefs_test.jsonl"
 HARMFUL_TEST = FORMATTED / "prompts_harmful_test.jsonl"

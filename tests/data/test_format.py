@@ -77,6 +77,39 @@ def test_build_outputs_keeps_prompts_with_their_conversations():
     assert out["sft_train"][0]["messages"][0]["role"] == "system"
 
 
+def test_constraint_prompts_stay_in_their_instructions_split_and_are_checkable():
+    from alignflow import verifiable
+
+    p = FormatParams(splits=SplitParams(train=0.6, val=0.2, test=0.2))
+    convs = [_conv(i) for i in range(120)] + [_conv(i, task="other") for i in range(30)]
+    out = fmt.build_outputs(convs, [], [], p, seed=3)
+    for split in ("train", "val", "test"):
+        base = {r["id"]: r for r in out[f"prompts_{split}"]}
+        constrained = out[f"prompts_ifeval_{split}"]
+        assert {r["id"].removesuffix("-if") for r in constrained} == set(base)  # no record changes split
+        for rec in constrained:
+            instruction = base[rec["id"].removesuffix("-if")]["prompt"][-1]["content"]
+            assert rec["prompt"][-1]["content"].startswith(instruction) and "reference" not in rec
+            assert 1 <= len(rec["constraints"]) <= p.constraints.max_per_prompt
+            verifiable.verify("some answer", rec["constraints"])  # every stored constraint is checkable
+    counts = Counter(len(r["constraints"]) for r in out["prompts_ifeval_train"])
+    assert set(counts) == {1, 2}
+    again = fmt.build_outputs(convs, [], [], p, seed=3)
+    assert again["prompts_ifeval_test"] == out["prompts_ifeval_test"]  # a pure function of (seed, id)
+    # only the configured tasks, only the configured types
+    p2 = FormatParams(splits=p.splits, constraints={"tasks": ["other"], "types": ["punctuation:no_comma"],
+                                                     "max_per_prompt": 1})
+    out2 = fmt.build_outputs(convs, [], [], p2, seed=3)
+    recs = [r for s in ("train", "val", "test") for r in out2[f"prompts_ifeval_{s}"]]
+    assert len(recs) == 30 and {r["task"] for r in recs} == {"other"}
+    assert {c["id"] for r in recs for c in r["constraints"]} == {"punctuation:no_comma"}
+
+
+def test_unknown_constraint_types_fail_validation_by_name():
+    with pytest.raises(ValueError, match="language:response_language"):
+        FormatParams(constraints={"types": ["language:response_language"]})
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return fmt.load_tokenizer("tiny:llama")

@@ -16,6 +16,8 @@ CONTRACT_KEYS = (
     "winrate_rm_vs_sft", "winrate_judge_vs_sft", "rm_accuracy_heldout", "policy_implicit_accuracy", "kl_vs_sft",
     "refusal_rate_harmful", "overrefusal_rate_benign", "length_ratio_vs_sft", "distinct_2",
     "apology_rate_delta_vs_sft", "as_an_ai_rate_delta_vs_sft", "please_rate_delta_vs_sft", "gate_passed",
+    "ifeval_strict_policy", "ifeval_strict_sft", "ifeval_strict_base", "ifeval_loose_policy", "ifeval_delta_vs_sft",
+    "ifeval_delta_vs_sft_ci_low", "ifeval_delta_vs_sft_ci_high",
 )
 
 
@@ -61,8 +63,20 @@ def test_eval_stage_scores_gates_and_promotes(eval_project, tracking_env, capsys
     assert (eval_project / "plots/eval_winrates.csv").read_text().startswith("comparison,winrate\n")
     assert (eval_project / "plots/eval_rewards.csv").read_text().startswith("model,length,reward\n")
     gens = [json.loads(x) for x in (eval_project / "reports/generations.jsonl").read_text().splitlines()]
-    assert {g["split"] for g in gens} == {"benign", "harmful"} and set(gens[0]["responses"]) == {"base", "sft", "policy"}
+    assert {g["split"] for g in gens} == {"benign", "harmful", "ifeval"} and set(gens[0]["responses"]) == {"base", "sft", "policy"}
     assert set(gens[0]["judge_scores"]) == set(gens[0]["finished"]) == {"base", "sft", "policy"}
+    # IFEval: the stored verdicts are the checkers' verdicts on the stored responses
+    from alignflow.verifiable import verify
+
+    constrained = [g for g in gens if g["split"] == "ifeval"]
+    assert m1["n_ifeval_prompts"] == len(constrained) == 3
+    for g in constrained:
+        for model, text in g["responses"].items():
+            assert g["followed"][model] == list(verify(text, g["constraints"]).strict)
+    strict = sum(all(g["followed"]["policy"]) for g in constrained) / 3
+    assert m1["ifeval_strict_policy"] == pytest.approx(strict)
+    assert m1["ifeval_delta_vs_sft_ci_low"] <= m1["ifeval_delta_vs_sft"] <= m1["ifeval_delta_vs_sft_ci_high"]
+    assert "Verifiable instruction following (IFEval)" in html and "punctuation:no_comma" in html
 
     # Run 2: a new policy; the champion (v1) is downloaded from the registry and compared, and a
     # strict KL limit fails the gate: not an error, the champion stays, the reasons are recorded.

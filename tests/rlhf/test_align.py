@@ -369,3 +369,59 @@ def test_rest_stage_trains_on_what_it_keeps_and_resumes_by_round(tmp_path, monke
     gain = [seq_logps(policy, ptok, k["prompt"], k["completion"]) - seq_logps(sft, tok, k["prompt"], k["completion"])
             for k in kept]
     assert sum(gain) / len(gain) > 0.5, gain  # Improve: what the reward model kept became likelier
+
+
+# ------------------------------------------------------------------ verifiable rewards (align.reward)
+
+
+def test_verifier_reward_scores_the_share_of_constraints_and_sums_with_the_reward_model():
+    from alignflow.rlhf.online_rewards import combined, constraint_index, verifier_reward
+
+    checked = [{"id": "punctuation:no_comma", "kwargs": {}}, {"id": "change_case:english_lowercase", "kwargs": {}}]
+    records = [{"prompt": [{"role": "user", "content": "Say hi. No commas; lowercase."}], "constraints": checked},
+               {"prompt": [{"role": "user", "content": "Say hi."}]}]
+    prompts = [r["prompt"] for r in records]
+    verifier = verifier_reward(constraint_index(records), weight=2.0)
+    assert verifier.__name__ == "verifier"  # TRL logs rewards/verifier/mean by the function's name
+    assert verifier(prompts * 2, ["hi there", "x", "Hi there", "x"]) == [2.0, None, 1.0, None]
+    assert verifier(prompts[:1], [[{"role": "assistant", "content": "Hi, there"}]]) == [0.0]  # TRL's message form
+    rm = lambda prompts, responses, **_: [10.0] * len(responses)  # noqa: E731
+    assert combined(rm, verifier)(prompts, ["hi there", "hi there"]) == [12.0, 10.0]
+    with pytest.raises(ValueError, match="without constraints"):
+        combined(None, verifier)(prompts, ["hi there", "hi there"])
+
+
+def test_verifier_needs_constraint_prompts_and_an_online_method():
+    with pytest.raises(ValueError, match="constraint_prompts"):
+        validate({"align": {"method": "grpo", "reward": "verifier"}})
+    with pytest.raises(ValueError, match="online methods"):
+        validate({"align": {"method": "dpo", "reward": "sum", "constraint_prompts": 4}})
+
+
+@pytest.mark.parametrize("method,reward", [("grpo", "verifier"), ("ppo", "sum")])
+def test_online_methods_train_on_verifiable_rewards(method, reward, tmp_path, monkeypatch, tracker):
+    """GRPO on the checkers alone (no reward model needed), PPO on the reward model + checkers."""
+    from alignflow.rlhf import align
+
+    monkeypatch.chdir(tmp_path)
+    make_sft_and_reward(tmp_path)
+    if reward == "verifier":
+        import shutil
+
+        shutil.rmtree(tmp_path / "models/reward")  # RLVR alone: no reward model is read
+    write_jsonl(tmp_path / "data/formatted/prompts_train.jsonl",
+                [{"id": f"q{i}", "prompt": [{"role": "user", "content": f"Tell me about {i}."}]} for i in range(4)])
+    write_jsonl(tmp_path / "data/formatted/prompts_ifeval_train.jsonl",
+                [{"id": f"c{i}-if", "prompt": [{"role": "user", "content": f"Name {i} colours without commas."}],
+                  "constraints": [{"id": "punctuation:no_comma", "kwargs": {}}]} for i in range(4)])
+    params = stage_params(tmp_path, method=method, max_steps=2, batch_size=2, reward=reward, constraint_prompts=4,
+                          grpo={"num_generations": 2}, ppo={"rollout_batch_size": 4, "mini_batch_size": 2})
+    metrics = align.run(params, tracker)
+    assert metrics["steps"] == 2
+    curve = read_curve(tmp_path / "plots/align_curve.csv")
+    rewards = [float(r["reward"]) for r in curve if r["reward"]]
+    assert rewards
+    if reward == "verifier":  # the share of one constraint followed: 0 or 1 per sample
+        assert all(0.0 <= r <= 1.0 for r in rewards)
+    else:
+        assert metrics["reward_model_shared_base"] is True

@@ -88,3 +88,43 @@ def test_rank_stage(tmp_path, monkeypatch, tracker):
 def test_pair_sources_split_judge_from_human():
     assert rank.pair_source({"source": "judge:reference"}) == "judge"
     assert rank.pair_source({"source": "hh_rlhf_harmless_800"}) == rank.pair_source({}) == "human"
+
+
+def test_verifier_judge_pairs_followers_over_breakers_and_falls_back_elsewhere(tmp_path, monkeypatch, tracker):
+    """rank.judge [verifier]: a constraint prompt's pairs put the sample that follows more of its
+    constraints first (margin = share gap / compare_scale); a plain prompt goes to the fallback."""
+    monkeypatch.chdir(tmp_path)
+    constraints = [{"id": "punctuation:no_comma", "kwargs": {}},
+                   {"id": "change_case:english_lowercase", "kwargs": {}}]
+    samples = [
+        {"prompt_id": "c1", "prompt": [{"role": "user", "content": "Describe Paris. No commas; all lowercase."}],
+         "responses": ["paris is a city in france", "Paris is a city in France", "Paris, a city, is in France",
+                       "paris is lovely and old"],
+         "finished": [True] * 4, "constraints": constraints},
+        {"prompt_id": "p1", "prompt": [{"role": "user", "content": "What is the capital of France?"}],
+         "responses": ["Paris is the capital of France.", "Bananas are yellow."], "finished": [True, True],
+         "reference": "The capital of France is Paris."},
+    ]
+    write_jsonl("data/samples/samples.jsonl", samples)
+    params = validate({"rank": {"judge": ["verifier"], "min_margin": 0.05, "human_weight": 0.0, "val_fraction": 0.0}})
+    metrics = rank.run(params, tracker)
+    pairs = list(read_jsonl("data/prefs/train.jsonl"))
+    mine = [p for p in pairs if "commas" in p["prompt"][0]["content"]]
+    # follows both (0, 3) > follows one (1: no comma) > follows none (2): 2·2 + 1 pairs; (0, 3) tie
+    assert sorted((p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in mine) == sorted([
+        ("paris is a city in france", "Paris is a city in France"),
+        ("paris is a city in france", "Paris, a city, is in France"),
+        ("paris is lovely and old", "Paris is a city in France"),
+        ("paris is lovely and old", "Paris, a city, is in France"),
+        ("Paris is a city in France", "Paris, a city, is in France")])
+    assert {round(p["margin"], 6) for p in mine} == {1.0, 2.0}  # half / all constraints over compare_scale 0.5
+    assert all(p["source"] == "judge:verifier" for p in pairs)
+    # the plain prompt was ranked by the fallback (reference) judge
+    assert [(p["chosen"][0]["content"]) for p in pairs if p not in mine] == ["Paris is the capital of France."]
+    assert metrics["verifier.constraint_prompts"] == 1 and metrics["verifier.fallback_prompts"] == 1
+    assert metrics["verifier.followed_all"] == 2
+
+    params = validate({"rank": {"judge": ["verifier"], "verifier": {"fallback": "none"}, "min_margin": 0.05,
+                                "human_weight": 0.0, "val_fraction": 0.0}})
+    rank.run(params, tracker)
+    assert all("commas" in p["prompt"][0]["content"] for p in read_jsonl("data/prefs/train.jsonl"))

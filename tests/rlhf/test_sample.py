@@ -71,12 +71,18 @@ def test_sample_stage(tmp_path, monkeypatch, tracker, tiny, wanted, used):
     write_jsonl("data/formatted/prompts_train.jsonl",
                 [{"id": f"p{i}", "prompt": PROMPTS[i % 3], "reference": "Blue.", "task": "t", "source": "s"}
                  for i in range(5)])
+    constraints = [{"id": "punctuation:no_comma", "kwargs": {}}]
+    write_jsonl("data/formatted/prompts_ifeval_train.jsonl",
+                [{"id": f"c{i}-if", "prompt": PROMPTS[i], "constraints": constraints, "task": "t"} for i in range(2)])
     params = validate({"model": {"base": "tiny:llama"},
                        "sample": {"k": 2, "max_new_tokens": 4, "max_prompts": 4, "temperature": 0.9,
-                                  "backend": wanted}})
+                                  "backend": wanted, "constraint_prompts": 1}})
     metrics = sample.run(params, tracker)
     recs = list(read_jsonl("data/samples/samples.jsonl"))
-    assert len(recs) == 4 and metrics["responses"] == 8 and metrics["prompts"] == 4
+    assert len(recs) == 5 and metrics["responses"] == 10 and metrics["prompts"] == 5
+    # the constraint prompt keeps its constraints for rank's verifier judge
+    assert recs[-1]["prompt_id"] == "c0-if" and recs[-1]["constraints"] == constraints
+    assert all("constraints" not in r for r in recs[:4])
     assert recs[0]["prompt_id"] == "p0" and recs[0]["reference"] == "Blue." and len(recs[0]["responses"]) == 2
     assert recs[0]["gen"] == {"k": 2, "temperature": 0.9, "top_p": 0.95, "max_new_tokens": 4, "seed": 42,
                               "model": "models/sft", "backend": used}

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from alignflow.config.base import Section
+from alignflow.verifiable import SUPPORTED as SUPPORTED_CONSTRAINTS
 
 SourceFormat = Literal["alpaca", "self_instruct_seed", "sharegpt", "messages", "hh_rlhf", "preference", "prompts"]
 RecordKind = Literal["conversations", "preferences", "prompts"]
@@ -216,8 +217,29 @@ class CleanParams(Section):
 # ---------------------------------------------------------------------------------------- format
 
 OUTPUT_FILES: tuple[str, ...] = tuple(
-    f"{kind}_{split}" for kind in ("sft", "prefs", "prompts") for split in ("train", "val", "test")
+    f"{kind}_{split}" for kind in ("sft", "prefs", "prompts", "prompts_ifeval") for split in ("train", "val", "test")
 ) + ("prompts_harmful_test",)
+
+
+class ConstraintParams(Section):
+    """Verifiable-instruction prompts (IFEval's checkers, alignflow.verifiable): each instruction of
+    these tasks, in its own split, also becomes a prompt with constraints a program checks."""
+
+    types: list[str] = Field(default_factory=lambda: list(SUPPORTED_CONSTRAINTS),
+                             description="IFEval constraint ids to draw from (alignflow.verifiable.SUPPORTED)")
+    max_per_prompt: int = Field(2, ge=1, le=4, description="each prompt gets 1..max_per_prompt constraints")
+    tasks: list[str] | None = Field(None, description="instruction tasks to constrain; null = every SFT task")
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, types: list[str]) -> list[str]:
+        unknown = [t for t in types if t not in SUPPORTED_CONSTRAINTS]
+        if unknown:
+            raise ValueError(f"unknown constraint type(s) {', '.join(unknown)}; "
+                             f"supported: {', '.join(SUPPORTED_CONSTRAINTS)}")
+        if not types:
+            raise ValueError("at least one constraint type")
+        return types
 
 
 class SplitParams(Section):
@@ -249,6 +271,7 @@ class FormatParams(Section):
     harmful_tasks: list[str] = Field(default_factory=lambda: ["hh_harmless"])
     # Record caps per output file (null = no cap); sized so `make run` trains in minutes on CPU.
     max_records: dict[str, int | None] = Field(default_factory=dict)
+    constraints: ConstraintParams = ConstraintParams()
 
     @field_validator("max_records")
     @classmethod

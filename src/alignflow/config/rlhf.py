@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from alignflow.config.base import Section
 from alignflow.config.common import LoraParams
 
-JudgeName = Literal["reference", "reward_model", "llm", "human"]
+JudgeName = Literal["reference", "reward_model", "llm", "human", "verifier"]
 AlignMethod = Literal["dpo", "orpo", "simpo", "ppo", "grpo", "rloo", "kto", "rest", "best_of_n"]
 PAIRWISE_METHODS = ("dpo", "orpo", "simpo")  # learn from the preference pairs of data/prefs/train.jsonl
 OFFLINE_METHODS = PAIRWISE_METHODS + ("kto",)  # learn from a fixed dataset; the rest sample the policy
@@ -23,6 +23,8 @@ class SampleParams(Section):
     max_new_tokens: int = Field(96, ge=1)
     seed: int | None = Field(None, description="null = the top-level seed")
     max_prompts: int | None = Field(None, ge=1, description="cap on prompts from prompts_train.jsonl; null = all")
+    constraint_prompts: int = Field(0, ge=0, description="also sample this many of prompts_ifeval_train.jsonl "
+                                                         "(verifiable constraints, for rank's verifier judge)")
     batch_size: int = Field(16, ge=1, description="sequences per generate() call (prompts × k)")
     backend: Literal["auto", "hf", "ct2", "vllm"] = Field(
         "auto", description="auto = vLLM on a GPU when installed, else CTranslate2 when installed, else hf")
@@ -57,6 +59,14 @@ class LLMJudgeParams(Section):
     max_new_tokens: int = Field(8, ge=1, description="local backend: tokens for the verdict")
 
 
+class VerifierJudgeParams(Section):
+    """The verifier judge: IFEval's checkers score a sample by the share of its prompt's constraints
+    it follows; prompts without constraints go to the fallback judge (none: they make no pairs)."""
+
+    fallback: Literal["reference", "reward_model", "none"] = "reference"
+    compare_scale: float = Field(0.5, gt=0.0, description="score gap (share of constraints) per reward-model logit")
+
+
 class RankParams(Section):
     # One judge, or two (the first makes the pairs; agreement with the second is reported).
     judge: list[JudgeName] = Field(default_factory=lambda: ["reference"])
@@ -71,6 +81,7 @@ class RankParams(Section):
     labelstudio_mode: Literal["ranking", "pairwise"] = Field("ranking", description="tasks written for Label Studio")
     reference: ReferenceJudgeParams = ReferenceJudgeParams()
     llm: LLMJudgeParams = LLMJudgeParams()
+    verifier: VerifierJudgeParams = VerifierJudgeParams()
 
     @field_validator("judge", mode="before")
     @classmethod
@@ -214,6 +225,11 @@ class AlignParams(Section):
     max_prompt_length: int = Field(128, ge=8)
     max_new_tokens: int = Field(64, ge=1, description="online methods: response tokens")
     max_prompts: int | None = Field(None, ge=1, description="online methods: cap on training prompts")
+    # Online methods (ppo, grpo, rloo): reward_model | verifier (IFEval's checkers on constraint
+    # prompts: RLVR) | sum; constraint_prompts of prompts_ifeval_train join the training prompts.
+    reward: Literal["reward_model", "verifier", "sum"] = "reward_model"
+    constraint_prompts: int = Field(0, ge=0, description="online methods: prompts_ifeval_train prompts to add")
+    verifier_weight: float = Field(1.0, gt=0, description="verifier reward for following all of a prompt's constraints")
     save_steps: int = Field(10, ge=1, description="checkpoint every N steps (a re-run resumes)")
     lora: LoraParams = LoraParams()
     dpo: DPOParams = DPOParams()
@@ -234,6 +250,11 @@ class AlignParams(Section):
         problems = []
         if self.max_prompt_length >= self.max_length:
             problems.append("max_prompt_length: must be below align.max_length")
+        if self.reward != "reward_model" and self.method not in ("ppo", "grpo", "rloo"):
+            problems.append(f"reward: {self.reward!r} rewards the online methods (ppo, grpo, rloo), not "
+                            f"{self.method!r}; for pairs judged by the checkers use rank.judge: [verifier]")
+        elif self.reward != "reward_model" and not self.constraint_prompts:
+            problems.append(f"reward: {self.reward!r} needs constraint prompts to check: set align.constraint_prompts > 0")
         if self.method == "ppo" and self.ppo.mini_batch_size > self.ppo.rollout_batch_size:
             problems.append("ppo.mini_batch_size: must not exceed align.ppo.rollout_batch_size")
         if self.method == "rest" and params.ray.num_workers > 1:

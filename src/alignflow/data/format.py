@@ -7,6 +7,9 @@
   (or is repeated with `format.upsample`).
 - Outputs are TRL's conversational formats: SFT `messages`, preference `prompt/chosen/rejected`
   message lists, prompt records for sampling/PPO/eval with a `reference` when there is one.
+- Verifiable-instruction prompts (prompts_ifeval_*): each instruction, in its conversation's split,
+  also appears with 1..`format.constraints.max_per_prompt` IFEval constraints appended and the
+  constraints stored (`constraints: [{id, kwargs}]`) for the checkers of eval, rank and align.
 - Lengths are counted with the configured model's tokenizer and chat template; over-long
   examples are truncated (the answer is cut) or dropped by `format.over_long`; every drop goes
   to data/formatted/rejects.jsonl with its file, id and length, as in the other stages.
@@ -25,7 +28,7 @@ import numpy as np
 import xxhash
 
 from alignflow.config import Params
-from alignflow.config.data import OUTPUT_FILES, FormatParams, SplitParams
+from alignflow.config.data import OUTPUT_FILES, ConstraintParams, FormatParams, SplitParams
 from alignflow.data.sources import prompt_record
 from alignflow.io import InputError, RejectWriter, atomic_dir, read_jsonl, write_json, write_jsonl
 
@@ -139,6 +142,21 @@ def prompt_example(rec: dict, system_prompt: str | None) -> dict:
     if rec.get("reference") is not None:
         out["reference"] = rec["reference"]
     return {**out, **{k: rec[k] for k in PROV if k in rec}}
+
+
+def constrained_prompt(prompt: dict, p: ConstraintParams, seed: int) -> dict:
+    """The prompt record with verifiable constraints appended to its last (user) message.
+
+    Which constraints and their parameters are a pure function of (seed, record id). The reference
+    answer is dropped: it was written without the constraints."""
+    from alignflow import verifiable
+
+    n = 1 + int(unit_hash(seed, "constraint-count", prompt["id"]) * p.max_per_prompt)
+    constraints = verifiable.pick_constraints(p.types, n, int(unit_hash(seed, "constraints", prompt["id"]) * 2**31))
+    last = prompt["prompt"][-1]
+    messages = [*prompt["prompt"][:-1], {**last, "content": verifiable.constrained_text(last["content"], constraints)}]
+    out = {"id": f"{prompt['id']}-if", "prompt": messages, "constraints": [c.to_json() for c in constraints]}
+    return {**out, **{k: prompt[k] for k in PROV if k in prompt}}
 
 
 def harmful_prompt(rec: dict, system_prompt: str | None) -> dict:
@@ -256,10 +274,14 @@ def build_outputs(conversations: list[dict], preferences: list[dict], prompts: l
     """Every output file's examples before length checks and caps (pure: no I/O)."""
     sp = p.system_prompt
     out: dict[str, list[dict]] = {name: [] for name in OUTPUT_FILES}
+    constrain = p.constraints.tasks
     for rec in conversations:
         split = split_of(rec["id"], rec["task"], seed, p.splits)
         out[f"sft_{split}"].append(sft_example(rec, sp))
-        out[f"prompts_{split}"].append(prompt_from_conversation(rec, sp))
+        prompt = prompt_from_conversation(rec, sp)
+        out[f"prompts_{split}"].append(prompt)
+        if constrain is None or rec["task"] in constrain:
+            out[f"prompts_ifeval_{split}"].append(constrained_prompt(prompt, p.constraints, seed))
     for rec in preferences:
         split = split_of(rec["id"], rec["task"], seed, p.splits)
         out[f"prefs_{split}"].append(preference_example(rec, sp))
@@ -285,7 +307,7 @@ def run(params: Params, tracker) -> dict[str, Any]:
     for name in OUTPUT_FILES:
         fits, lengths = [], {}
         for ex in outputs[name]:
-            ex, n = check[name.split("_")[0]](ex, name)
+            ex, n = check[name.split("_")[0]](ex, name)  # prompts_ifeval_*: a prompts file
             if ex is not None:
                 fits.append(ex)
                 lengths[ex["id"]] = n

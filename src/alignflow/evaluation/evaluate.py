@@ -11,7 +11,10 @@ On held-out prompts never seen in training (data/formatted/*_test.jsonl):
 4. KL(candidate ‖ SFT) on the candidate's own samples; length, distinct-n; over-optimization
    diagnostics vs SFT (Gao et al. 2023); refusal rate on harmful prompts and over-refusal on
    benign ones (Askell et al. 2021's HHH: helpful, honest, harmless);
-5. the promotion gate (gate.py), plots, reports/eval.html; metrics/eval.json via stage_main.
+5. verifiable instruction following (IFEval's checkers on format's constraint prompts):
+   strict/loose accuracy per model and per constraint type, the candidate's paired difference
+   from SFT with a bootstrap CI (instruction_following.py);
+6. the promotion gate (gate.py), plots, reports/eval.html; metrics/eval.json via stage_main.
 
 Where to look: inputs.py (the held-out data), generations.py (every model's responses),
 champion.py (the registry champion compared with), policy_metrics.py (KL, implicit accuracy),
@@ -29,6 +32,7 @@ import numpy as np
 
 from alignflow.config import Params
 from alignflow.evaluation import gate as gate_mod
+from alignflow.evaluation import instruction_following as IF
 from alignflow.evaluation import metrics as M
 from alignflow.evaluation import report
 from alignflow.evaluation.generations import CANDIDATE, BestOfN, Generated, generate_all, generate_models
@@ -69,6 +73,7 @@ HEADLINE_METRICS = (
     "gate_passed", "winrate_judge_vs_champion", "winrate_rm_vs_champion", "winrate_judge_vs_sft", "winrate_rm_vs_sft",
     "rm_accuracy_heldout", "policy_implicit_accuracy", "kl_vs_sft", "refusal_rate_harmful", "overrefusal_rate_benign",
     "length_ratio_vs_sft", "distinct_2", "reward_mean", "reward_mean_sft",
+    "ifeval_strict_policy", "ifeval_strict_sft", "ifeval_delta_vs_sft", "ifeval_delta_vs_sft_ci_low",
 )
 
 
@@ -76,7 +81,7 @@ def run(params: Params, tracker) -> dict[str, Any]:
     ep = params.eval
     inputs = load_inputs(ep)
     metrics: dict[str, Any] = {"n_prompts": len(inputs.records), "n_harmful_prompts": len(inputs.harmful_records),
-                               "n_pairs": len(inputs.pairs)}
+                               "n_pairs": len(inputs.pairs), "n_ifeval_prompts": len(inputs.constrained_records)}
     candidate_version = champion = None
     if params.tracking.register_models:
         from alignflow.evaluation import registry
@@ -87,7 +92,8 @@ def run(params: Params, tracker) -> dict[str, Any]:
         metrics["candidate_version"] = int(candidate_version)
     champion_at_eval = champion.version if champion else None
     # The held-out data eval reads, as MLflow dataset inputs (with DVC's file hash).
-    log_datasets(tracker, [Path(ep.benign_prompts), HARMFUL_TEST, PREFS_TEST], context="eval")
+    log_datasets(tracker, [Path(ep.benign_prompts), HARMFUL_TEST, PREFS_TEST]
+                 + ([Path(ep.ifeval_prompts)] if inputs.constrained_records else []), context="eval")
 
     notes: list[str] = []
     gens = generate_models(params, inputs, champion, candidate_version, metrics, notes)
@@ -96,6 +102,9 @@ def run(params: Params, tracker) -> dict[str, Any]:
     winrates, cis = judge_and_compare(params, inputs, gens, metrics)
     metrics.update(descriptive_metrics(gens))
     metrics.update(M.diagnostics_vs(gens[CANDIDATE].responses, gens["sft"].responses, "sft"))
+    if_metrics, ifeval = IF.ifeval_metrics(inputs.constrained_records, {n: g.constrained for n, g in gens.items()},
+                                           CANDIDATE, ep.bootstrap, params.seed)
+    metrics.update(if_metrics)
 
     # --- the promotion gate, plots, report, registry
     decision = gate_mod.decide(metrics, ep.gate, "champion" if "champion" in gens else "sft")
@@ -104,12 +113,13 @@ def run(params: Params, tracker) -> dict[str, Any]:
     report.write_rewards_csv([(g.name, n, r) for g in gens.values() for n, r in zip(g.lengths, g.rewards)])
     report.write_headline(metrics)  # metrics/headline.json: the DVC metrics (`dvc exp show`)
     baseline_version = str(metrics["champion_version"]) if "champion" in gens else None
-    rows = _generation_rows(inputs.records, inputs.harmful_records, gens)
+    rows = _generation_rows(inputs.records, inputs.harmful_records, gens, inputs.constrained_records, ifeval)
     with atomic_dir(REPORTS_DIR) as out:
         gate_record = gate_mod.record_decision(decision, candidate_version, baseline_version,
                                                out_path=out / "gate.json", tracker=tracker, profile=params.profile,
                                                champion_at_eval=champion_at_eval)
-        _write_report(out, metrics, gens, inputs.records, winrates, cis, gate_record, notes, ep)
+        _write_report(out, metrics, gens, inputs.records, winrates, cis, gate_record, notes, ep, ifeval,
+                      inputs.constrained_records)
         write_jsonl(out / "generations.jsonl", rows)
     tracker.log_artifact(REPORTS_DIR, artifact_path="eval")
     tracker.log_artifact(REPORTS_DIR / "eval.html", artifact_path="eval", parent=True)
@@ -119,7 +129,8 @@ def run(params: Params, tracker) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
 
-def _generation_rows(records, harmful_recs, gens: dict[str, Generated]) -> list[dict]:
+def _generation_rows(records, harmful_recs, gens: dict[str, Generated], constrained_recs=(),
+                     ifeval: dict | None = None) -> list[dict]:
     rows = []
     for i, rec in enumerate(records):
         rows.append({"prompt_id": rec.get("id"), "split": "benign", "prompt": rec["prompt"],
@@ -132,6 +143,12 @@ def _generation_rows(records, harmful_recs, gens: dict[str, Generated]) -> list[
     for i, rec in enumerate(harmful_recs):
         rows.append({"prompt_id": rec.get("id"), "split": "harmful", "prompt": rec["prompt"],
                      "responses": {n: g.harmful[i] for n, g in gens.items()}})
+    verdicts = (ifeval or {}).get("verdicts", {})
+    for i, rec in enumerate(constrained_recs):
+        rows.append({"prompt_id": rec.get("id"), "split": "ifeval", "prompt": rec["prompt"],
+                     "constraints": rec["constraints"],
+                     "responses": {n: g.constrained[i] for n, g in gens.items()},
+                     "followed": {n: list(vs[i].strict) for n, vs in verdicts.items()}})
     return rows
 
 
@@ -146,15 +163,28 @@ def generation_table(rows: list[dict]) -> list[dict]:
                 "judge_score": (row.get("judge_scores") or {}).get(model),
                 "reward": (row.get("rewards") or {}).get(model),
                 "finished": (row.get("finished") or {}).get(model),
+                "constraints_followed": (_share((row.get("followed") or {}).get(model))),
             })
     return table
+
+
+def _share(followed: list[bool] | None) -> float | None:
+    return sum(followed) / len(followed) if followed else None
 
 
 def _prompt_text(messages: list[dict]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def _write_report(out: Path, metrics, gens, records, winrates, cis, gate_record, notes, ep) -> None:
+def _ifeval_report(ifeval: dict | None, records: list[dict], gens: dict[str, Generated], ep) -> dict | None:
+    if not ifeval:
+        return None
+    return report.ifeval_section(ifeval, [IF.prompt_text(r["prompt"]) for r in records],
+                                 {n: g.constrained for n, g in gens.items()}, ep.report_examples)
+
+
+def _write_report(out: Path, metrics, gens, records, winrates, cis, gate_record, notes, ep, ifeval=None,
+                  constrained=()) -> None:
     figures = out / "figures"
     figures.mkdir()
     images = {
@@ -185,5 +215,6 @@ def _write_report(out: Path, metrics, gens, records, winrates, cis, gate_record,
     headline = [k for k in HEADLINE_METRICS if k in metrics]
     ordered = {**{k: metrics[k] for k in headline}, **{k: v for k, v in metrics.items() if k not in headline}}
     page = report.render_html(title=f"alignflow eval — candidate ({method})", metrics=ordered, diagnostics=diagnostics,
-                              examples=examples, gate=gate_record, images=images, notes=notes)
+                              examples=examples, gate=gate_record, images=images, notes=notes,
+                              ifeval=_ifeval_report(ifeval, constrained, gens, ep))
     (out / "eval.html").write_text(page, encoding="utf-8")

@@ -1,5 +1,6 @@
-"""eval's generations: every model (base, SFT, candidate, champion) answers the same benign and
-harmful prompts with the same sampling seed, one model (pair) in memory at a time."""
+"""eval's generations: every model (base, SFT, candidate, champion) answers the same benign,
+harmful and verifiable-constraint prompts with the same sampling seed, one model (pair) in memory
+at a time."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ CANDIDATE = "policy"  # the model name used in tables and plots for the candidat
 
 @dataclass
 class Generated:
-    """One model's responses on the benign (test) prompts and on the harmful prompts."""
+    """One model's responses on the benign (test) prompts, the harmful prompts and the
+    verifiable-constraint prompts."""
 
     name: str
     responses: list[str]
@@ -36,6 +38,7 @@ class Generated:
     rewards: list[float] = field(default_factory=list)
     backend: str = "hf"  # the generation engine that wrote the responses
     judge_scores: list[float] = field(default_factory=list)
+    constrained: list[str] = field(default_factory=list)
 
     @property
     def lengths(self) -> list[int]:
@@ -43,17 +46,17 @@ class Generated:
 
 
 def generate_all(name: str, generator, benign: list[list[dict]], harmful: list[list[dict]],
-                 ep, seed: int) -> Generated:
-    """One model's answers to the benign and the harmful prompts, in one batched call."""
+                 ep, seed: int, constrained: list[list[dict]] = ()) -> Generated:
+    """One model's answers to the benign, harmful and constraint prompts, in one batched call."""
     started = time.perf_counter()
-    prompts = benign + harmful
+    prompts = [*benign, *harmful, *constrained]
     gens = [g[0] for g in generator.generate_with_details(
         prompts, n=1, max_new_tokens=ep.max_new_tokens, temperature=ep.temperature, top_p=ep.top_p, seed=seed,
         batch_size=ep.batch_size, progress=True)] if prompts else []
-    g_benign, g_harmful = gens[: len(benign)], gens[len(benign):]
+    b, h = len(benign), len(benign) + len(harmful)
     log.info("%s: %d generations with %s in %.1fs", name, len(gens), generator.name, time.perf_counter() - started)
-    return Generated(name, [g.text for g in g_benign], [g.finished for g in g_benign], [g.text for g in g_harmful],
-                     backend=generator.name)
+    return Generated(name, [g.text for g in gens[:b]], [g.finished for g in gens[:b]], [g.text for g in gens[b:h]],
+                     backend=generator.name, constrained=[g.text for g in gens[h:]])
 
 
 def eval_backend(params: Params) -> str:
@@ -84,14 +87,15 @@ class BestOfN:
                                              compute_type=params.model.engine_compute_type)
         self.n = self.policy.n
 
-    def generate(self, name: str, benign, harmful, ep, seed: int) -> Generated:
+    def generate(self, name: str, benign, harmful, ep, seed: int, constrained=()) -> Generated:
         from alignflow.rlhf.judges import rule_penalties
 
-        texts = self.policy.generate(benign + harmful, max_new_tokens=ep.max_new_tokens, seed=seed,
+        texts = self.policy.generate([*benign, *harmful, *constrained], max_new_tokens=ep.max_new_tokens, seed=seed,
                                      batch_size=ep.batch_size)
-        b, h = texts[: len(benign)], texts[len(benign):]
-        return Generated(name, b, [not rule_penalties(t)["truncated"] for t in b], h,
-                         backend=self.policy.generator.name)
+        nb, nh = len(benign), len(benign) + len(harmful)
+        b = texts[:nb]
+        return Generated(name, b, [not rule_penalties(t)["truncated"] for t in b], texts[nb:nh],
+                         backend=self.policy.generator.name, constrained=texts[nh:])
 
 
 def hf_model(generator, params: Params):
@@ -120,14 +124,14 @@ def load_model(ref: str, params: Params):
     return load_causal_lm(ref, dtype=params.model.dtype, trust_remote_code=params.model.trust_remote_code)
 
 
-def _generate_champion(cdir: Path, params: Params, benign, harmful) -> Generated:
+def _generate_champion(cdir: Path, params: Params, benign, harmful, constrained) -> Generated:
     from alignflow.models import read_meta
 
     ep = params.eval
     cmeta = read_meta(cdir) or {}
     if cmeta.get("kind") == "best_of_n":
-        return BestOfN(cdir, params).generate("champion", benign, harmful, ep, params.seed)
-    return generate_all("champion", generator_for(str(cdir), params), benign, harmful, ep, params.seed)
+        return BestOfN(cdir, params).generate("champion", benign, harmful, ep, params.seed, constrained)
+    return generate_all("champion", generator_for(str(cdir), params), benign, harmful, ep, params.seed, constrained)
 
 
 def generate_models(params: Params, inputs: EvalInputs, champion: RegisteredVersion | None,
@@ -139,24 +143,25 @@ def generate_models(params: Params, inputs: EvalInputs, champion: RegisteredVers
     from alignflow.models import ModelSpecError, read_meta
 
     ep, seed = params.eval, params.seed
-    benign, harmful, pairs = inputs.benign, inputs.harmful, inputs.pairs
+    benign, harmful, pairs, constrained = inputs.benign, inputs.harmful, inputs.pairs, inputs.constrained
     gens: dict[str, Generated] = {}
     if ep.include_base:
-        gens["base"] = generate_all("base", generator_for(params.model.base, params), benign, harmful, ep, seed)
+        gens["base"] = generate_all("base", generator_for(params.model.base, params), benign, harmful, ep, seed,
+                                    constrained)
         gc.collect()
 
     sft = generator_for(str(SFT_DIR), params)
-    gens["sft"] = generate_all("sft", sft, benign, harmful, ep, seed)
+    gens["sft"] = generate_all("sft", sft, benign, harmful, ep, seed, constrained)
     if (read_meta(POLICY_DIR) or {}).get("kind") == "best_of_n":
         bon = BestOfN(POLICY_DIR, params)
-        candidate = bon.generate(CANDIDATE, benign, harmful, ep, seed)
+        candidate = bon.generate(CANDIDATE, benign, harmful, ep, seed, constrained)
         metrics["kl_vs_sft"] = M.best_of_n_kl_bound(bon.n)  # vs its sampling policy (the SFT)
         notes.append(f"best-of-{bon.n} candidate: kl_vs_sft is the analytic bound log n − (n−1)/n; "
                      "no implicit accuracy (no trained log-ratio)")
         del bon
     else:
         policy = generator_for(str(POLICY_DIR), params)
-        candidate = generate_all(CANDIDATE, policy, benign, harmful, ep, seed)
+        candidate = generate_all(CANDIDATE, policy, benign, harmful, ep, seed, constrained)
         # Log-probs on the engine that generated (an HF model, or CTranslate2's scorer: the same
         # numbers within 1e-3, 1.2-1.9x faster), in one engine for policy and SFT alike.
         on_engine = policy.name == sft.name == "ct2"  # else one fell back to HF: score both there
@@ -176,7 +181,7 @@ def generate_models(params: Params, inputs: EvalInputs, champion: RegisteredVers
             if fetched is not None:
                 version, cdir = fetched
                 try:
-                    gens["champion"] = _generate_champion(cdir, params, benign, harmful)
+                    gens["champion"] = _generate_champion(cdir, params, benign, harmful, constrained)
                     metrics["champion_version"] = int(version)
                 except (ModelSpecError, OSError, ValueError, KeyError) as err:
                     # e.g. an adapter whose base (models/sft) was retrained since: a broken champion

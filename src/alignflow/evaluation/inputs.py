@@ -1,8 +1,9 @@
-"""eval's inputs: the held-out prompts, harmful prompts and preference pairs, checked record by record."""
+"""eval's inputs: the held-out prompts, harmful prompts, verifiable-constraint prompts and
+preference pairs, checked record by record."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,22 @@ def load_prompts(path: Path, limit: int) -> list[dict]:
     return out
 
 
+def load_constrained(path: Path, limit: int) -> list[dict]:
+    """Prompt records that carry verifiable constraints ({"id", "prompt", "constraints": [{id, kwargs}]})."""
+    from alignflow.verifiable import SUPPORTED
+
+    out = load_prompts(path, limit)
+    for lineno, rec in enumerate(out, 1):
+        cons = rec.get("constraints")
+        if (not isinstance(cons, list) or not cons
+                or not all(isinstance(c, dict) and isinstance(c.get("kwargs", {}), dict) for c in cons)):
+            raise InputError(f"{path}:{lineno}: 'constraints' must be a non-empty list of {{id, kwargs}} objects")
+        unknown = [c.get("id") for c in cons if c.get("id") not in SUPPORTED]
+        if unknown:
+            raise InputError(f"{path}:{lineno}: unknown constraint id(s) {unknown}; supported: {', '.join(SUPPORTED)}")
+    return out
+
+
 def load_pairs(path: Path, limit: int) -> list[dict]:
     """Preference records ({"prompt", "chosen", "rejected"} as message lists)."""
     out = []
@@ -62,6 +79,11 @@ class EvalInputs:
     records: list[dict]  # benign held-out prompts (with references)
     harmful_records: list[dict]
     pairs: list[dict]  # held-out human preference pairs
+    constrained_records: list[dict] = field(default_factory=list)  # verifiable-constraint prompts
+
+    @property
+    def constrained(self) -> list[list[dict]]:
+        return [r["prompt"] for r in self.constrained_records]
 
     @property
     def benign(self) -> list[list[dict]]:
@@ -82,4 +104,6 @@ def load_inputs(ep) -> EvalInputs:
         raise InputError(f"{prompts_file}: no prompt records")
     harmful = load_prompts(HARMFUL_TEST, ep.max_harmful_prompts) if HARMFUL_TEST.exists() else []
     pairs = load_pairs(PREFS_TEST, ep.max_pairs) if PREFS_TEST.exists() else []
-    return EvalInputs(records, harmful, pairs)
+    ifeval = Path(ep.ifeval_prompts)
+    constrained = load_constrained(ifeval, ep.max_ifeval_prompts) if ep.max_ifeval_prompts and ifeval.exists() else []
+    return EvalInputs(records, harmful, pairs, constrained)

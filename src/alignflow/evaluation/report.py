@@ -39,12 +39,13 @@ REWARDS_CSV = Path("plots/eval_rewards.csv")
 HEADLINE_JSON = Path("metrics/headline.json")
 # What compares experiments at a glance, in few `dvc exp show` columns: win rates vs SFT
 # (the champion moves between experiments) with their bootstrap CIs, KL, the reward model's
-# held-out accuracy, safety, the gate. Missing ones (no pairs, no bootstrap) are left out.
+# held-out accuracy, safety, IFEval accuracy and its paired difference from SFT, the gate. Missing ones (no pairs, no bootstrap) are left out.
 HEADLINE_KEYS = (
     "gate_passed",
     "winrate_judge_vs_sft", "winrate_judge_vs_sft_ci_low", "winrate_judge_vs_sft_ci_high",
     "winrate_rm_vs_sft", "winrate_rm_vs_sft_ci_low", "winrate_rm_vs_sft_ci_high",
     "kl_vs_sft", "rm_accuracy_heldout", "refusal_rate_harmful", "overrefusal_rate_benign",
+    "ifeval_strict_policy", "ifeval_delta_vs_sft", "ifeval_delta_vs_sft_ci_low", "ifeval_delta_vs_sft_ci_high",
 )
 
 
@@ -274,6 +275,8 @@ REFERENCES = {
                      "http://joschu.net/blog/kl-approx.html (the k1 and k3 estimators).",
     "Efron & Tibshirani 1993": "B. Efron, R. Tibshirani, “An Introduction to the Bootstrap”, Chapman & Hall, "
                                "1993 (percentile intervals).",
+    "Zhou et al. 2023": "J. Zhou et al., “Instruction-Following Evaluation for Large Language Models” (IFEval), "
+                        "arXiv:2311.07911.",
 }
 # A text longer than this is folded: its first FOLD_CHARS characters show, the rest on a click.
 FOLD_CHARS = 200
@@ -363,6 +366,53 @@ def _provenance_html(prov: Mapping[str, Any]) -> str:
             + "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>")
 
 
+def ifeval_section(ifeval: Mapping[str, Any], prompts: Sequence[str], responses: Mapping[str, Sequence[str]],
+                   n_examples: int) -> dict[str, Any]:
+    """The report's IFEval part from instruction_following.ifeval_metrics' table: accuracies per
+    model, per constraint type, and examples where the candidate and SFT follow different constraints."""
+    verdicts = ifeval.get("verdicts", {})
+    examples = []
+    if n_examples and "policy" in verdicts and "sft" in verdicts:
+        differ = [i for i, (a, b) in enumerate(zip(verdicts["policy"], verdicts["sft"])) if a.strict != b.strict]
+        examples = [{"prompt": prompts[i], "ids": list(verdicts["policy"][i].ids),
+                     "responses": {m: texts[i] for m, texts in responses.items()},
+                     "followed": {m: list(vs[i].strict) for m, vs in verdicts.items()}} for i in differ[:n_examples]]
+    return {"accuracy": ifeval.get("accuracy", {}), "per_type": ifeval.get("per_type", {}), "examples": examples}
+
+
+def _ifeval_html(section: Mapping[str, Any]) -> str:
+    accs, per_type = section.get("accuracy", {}), section.get("per_type", {})
+    models = list(accs)
+    parts = ["<h2>Verifiable instruction following (IFEval)</h2><p>Held-out instructions with constraints a "
+             "program checks (IFEval's checkers: Zhou et al. 2023). Strict: every constraint of the prompt followed "
+             "by the response as written; loose: by a lenient variant (first or last line or markdown removed). "
+             "Per type: the share of that type's constraints followed (strict).</p><table><tr><th></th>"]
+    parts += [f"<th>{html.escape(m)}</th>" for m in models]
+    parts.append("</tr>")
+    for label, key in (("prompt-level strict", "strict"), ("prompt-level loose", "loose"),
+                       ("instruction-level strict", "instruction_strict")):
+        parts.append(f"<tr><td><b>{label}</b></td>" + "".join(_cell(accs[m].get(key)) for m in models) + "</tr>")
+    for type_id, cells in per_type.items():
+        n = max(c[0] for c in cells.values())
+        parts.append(f"<tr><td>{html.escape(type_id)} <span class=muted>(n={n})</span></td>"
+                     + "".join(_cell(cells[m][1]) if m in cells else "<td></td>" for m in models) + "</tr>")
+    parts.append("</table>")
+    if section.get("examples"):
+        parts.append("<p>Prompts where the candidate and SFT follow different constraints (✓ followed, ✗ not, "
+                     "in the order the prompt states them):</p><table><tr><th>prompt</th>")
+        parts += [f"<th>{html.escape(m)}</th>" for m in models]
+        parts.append("</tr>")
+        for ex in section["examples"]:
+            parts.append(f"<tr><td class=gen>{_fold(ex['prompt'])}<br><span class=muted>"
+                         f"{html.escape(', '.join(ex['ids']))}</span></td>")
+            for m in models:
+                marks = " ".join("✓" if ok else "✗" for ok in ex["followed"].get(m, []))
+                parts.append(f"<td class=gen><b>{marks}</b>\n{_fold(ex['responses'].get(m, ''))}</td>")
+            parts.append("</tr>")
+        parts.append("</table>")
+    return "".join(parts)
+
+
 def render_html(
     *,
     title: str,
@@ -373,6 +423,7 @@ def render_html(
     images: dict[str, str | Path],
     notes: Sequence[str] = (),
     provenance: Mapping[str, Any] | None = None,
+    ifeval: Mapping[str, Any] | None = None,
 ) -> str:
     """One HTML page with everything inlined.
 
@@ -426,6 +477,9 @@ def render_html(
                 parts.append(_cell(diagnostics[m].get(sign)))
             parts.append("</tr>")
         parts.append("</table>")
+
+    if ifeval:
+        parts.append(_ifeval_html(ifeval))
 
     if images:
         parts.append("<h2>Plots</h2>")

@@ -32,6 +32,7 @@ SFT_DIR = paths.SFT_MODEL
 PREFS_TRAIN = Path("data/prefs/train.jsonl")
 PREFS_KTO = Path("data/prefs/kto.jsonl")
 PROMPTS = paths.PROMPTS_TRAIN
+CONSTRAINT_PROMPTS = paths.CONSTRAINT_PROMPTS_TRAIN
 
 
 def _require(path: Path, what: str, stage: str) -> Path:
@@ -51,7 +52,7 @@ def loop_config(params: Params, staging: Path) -> dict[str, Any]:
     _require(SFT_DIR, "the SFT policy", "sft")
     inputs = [SFT_DIR / "alignflow_model.json", SFT_DIR / "adapter_model.safetensors", SFT_DIR / "model.safetensors"]
     reward_dir = Path(align.reward_model)
-    if method in NEEDS_REWARD_MODEL:
+    if method in NEEDS_REWARD_MODEL and align.reward != "verifier":
         _require(reward_dir, "the reward model", "reward")
         inputs += [reward_dir / "alignflow_model.json", reward_dir / "adapter_model.safetensors",
                    reward_dir / "model.safetensors"]
@@ -61,6 +62,8 @@ def loop_config(params: Params, staging: Path) -> dict[str, Any]:
         inputs.append(_require(PREFS_KTO, "unpaired KTO examples", "rank"))
     else:
         inputs.append(_require(PROMPTS, "training prompts", "format"))
+        if align.constraint_prompts:
+            inputs.append(_require(CONSTRAINT_PROMPTS, "verifiable-constraint prompts", "format"))
     return {
         "params": params.model_dump(mode="json", include={"seed", "model", "ray", "align", "sample"}),
         "method": method,
@@ -71,6 +74,7 @@ def loop_config(params: Params, staging: Path) -> dict[str, Any]:
         "train_file": str(PREFS_TRAIN.resolve()),
         "kto_file": str(PREFS_KTO.resolve()),
         "prompts_file": str(PROMPTS.resolve()),
+        "constraint_prompts_file": str(CONSTRAINT_PROMPTS.resolve()),
         "data_digest": common.file_digest(*inputs),
         "staging_dir": str(staging.resolve()),
         "meta": {"base": str(SFT_DIR), "stage": "align", "method": method, "peft": "lora"},

@@ -404,6 +404,41 @@ class HumanJudge(ScoringJudge):
 
 
 # ---------------------------------------------------------------------------------------------
+# verifier: IFEval's checkers on prompts with verifiable constraints (RLVR's reward, as a judge)
+# ---------------------------------------------------------------------------------------------
+
+
+class VerifierJudge(ScoringJudge):
+    """The share of the prompt's constraints a response follows (strict, alignflow.verifiable);
+    a prompt without constraints is scored by `fallback` (None: NaN, so it makes no pairs).
+
+    Pairs then hold a sample that follows more constraints against one that follows fewer (Tülu 3's
+    verifiable rewards, turned into preferences); the margin is the share gap / compare_scale."""
+
+    name = "verifier"
+
+    def __init__(self, fallback: ScoringJudge | None = None, compare_scale: float = 0.5):
+        self.fallback, self.compare_scale = fallback, compare_scale
+        self.stats = Counter()
+
+    def score(self, prompt: Messages, responses: list[str], reference: str | None = None,
+              finished: list[bool] | None = None, constraints: list[dict] | None = None) -> list[float]:
+        from alignflow.verifiable import verify
+
+        if not constraints:
+            self.stats["fallback_prompts"] += 1
+            if self.fallback is None:
+                return [float("nan")] * len(responses)
+            kwargs = {"finished": finished} if self.fallback.name == "reference" else {}
+            return self.fallback.score(prompt, responses, reference, **kwargs)
+        self.stats["constraint_prompts"] += 1
+        verdicts = [verify(r, constraints, prompt_text(prompt)) for r in responses]
+        self.stats["followed_all"] += sum(v.all_strict for v in verdicts)
+        self.stats["responses_checked"] += len(verdicts)
+        return [v.fraction_strict for v in verdicts]
+
+
+# ---------------------------------------------------------------------------------------------
 # Factory
 # ---------------------------------------------------------------------------------------------
 
@@ -432,6 +467,9 @@ def build_judge(name: str, params, samples: list[dict] | None = None, rejects=No
         else:
             backend = LocalChatBackend(cfg.model, cfg.max_new_tokens)
         return LLMJudge(backend, cfg.max_retries)
+    if name == "verifier":
+        fallback = None if rank.verifier.fallback == "none" else build_judge(rank.verifier.fallback, params)
+        return VerifierJudge(fallback, rank.verifier.compare_scale)
     if name == "human":
         from alignflow.rlhf import labelstudio
 
@@ -446,4 +484,4 @@ def build_judge(name: str, params, samples: list[dict] | None = None, rejects=No
         tasks = labelstudio.export_tasks(samples, "ranking") + labelstudio.export_tasks(samples, "pairwise")
         judgements = labelstudio.import_annotations(rank.human_annotations, tasks, rejects)
         return HumanJudge(labelstudio.merge_scores(judgements, tasks))
-    raise ValueError(f"unknown judge {name!r}; expected reference, reward_model, llm or human")
+    raise ValueError(f"unknown judge {name!r}; expected reference, reward_model, llm, human or verifier")

@@ -90,7 +90,7 @@ def ppo_train_loop(config: dict) -> dict[str, Any]:
     from alignflow.config import validate
     from alignflow.models import save_model_dir
     from alignflow.rlhf.align_common import MetricsLogger, report_checkpoint
-    from alignflow.rlhf.sample import load_prompts
+    from alignflow.rlhf.online_rewards import combined, constraint_index, online_prompt_records, verifier_reward
     from alignflow.training.launcher import LOOP_DIR_KEY, is_rank_zero, report_final, resume_checkpoint, world
 
     params = validate(config["params"], "loop config")
@@ -98,8 +98,12 @@ def ppo_train_loop(config: dict) -> dict[str, Any]:
     rank, world_size = world()
     torch.manual_seed(params.seed)  # the same LoRA init on every worker; sampling seeds differ per rank below
     model, tokenizer, value_head = build_policy(config["policy_base_dir"], params)
-    reward = load_ppo_reward(model, tokenizer, config["reward_dir"], config["policy_base_dir"], align.ppo.share_reward_base)
-    prompts = [p["prompt"] for p in load_prompts(config["prompts_file"], align.max_prompts)][rank::world_size]
+    reward_model = None if align.reward == "verifier" else load_ppo_reward(
+        model, tokenizer, config["reward_dir"], config["policy_base_dir"], align.ppo.share_reward_base)
+    records = online_prompt_records(align, config["prompts_file"], config.get("constraint_prompts_file"))
+    verifier = verifier_reward(constraint_index(records), align.verifier_weight) if align.reward != "reward_model" else None
+    reward = combined(reward_model, verifier)
+    prompts = [p["prompt"] for p in records][rank::world_size]
     if not prompts:
         raise ValueError(f"PPO: worker {rank} got no prompts (fewer prompts than workers)")
     trainer = PPOTrainer(model, tokenizer, value_head, reward, align.ppo, learning_rate=align.learning_rate,
@@ -137,11 +141,12 @@ def ppo_train_loop(config: dict) -> dict[str, Any]:
         "entropy_last": last.get("entropy"),
         "response_length_last": last.get("response_length"),
         "s_per_step": round(elapsed / max(1, trainer.step - resumed_step), 3),
-        "reward_model_shared_base": isinstance(reward, SharedBaseReward),
+        "reward_model_shared_base": isinstance(reward_model, SharedBaseReward),
         "workers": world_size,
     }
     if is_rank_zero():
-        reward.detach()
+        if reward_model is not None:
+            reward_model.detach()
         save_model_dir(model, tokenizer, config["staging_dir"], config["meta"])
         from safetensors.torch import save_file
 

@@ -129,8 +129,11 @@ def load_human_pairs(path: Path) -> list[dict]:
 
 def score_all(judge, samples: list[dict]) -> list[list[float]]:
     out = []
+    name = getattr(judge, "name", "")
     for rec in samples:
-        kwargs = {"finished": rec.get("finished")} if getattr(judge, "name", "") == "reference" else {}
+        kwargs = {"finished": rec.get("finished")} if name in ("reference", "verifier") else {}
+        if name == "verifier":
+            kwargs["constraints"] = rec.get("constraints")
         out.append(judge.score(rec["prompt"], rec["responses"], rec.get("reference"), **kwargs))
     return out
 

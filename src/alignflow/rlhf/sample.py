@@ -1,5 +1,8 @@
 """sample: K responses per training prompt from the SFT policy -> data/samples/samples.jsonl.
 
+`sample.constraint_prompts` adds that many verifiable-constraint prompts (prompts_ifeval_train,
+their `constraints` kept in the records) for rank's verifier judge.
+
 InstructGPT step 2 starts here: the labelers (our judges) rank K samples of the current policy
 for each prompt. Records keep the generation params so a ranking can be traced to how its
 samples were drawn, plus `finished` (stopped at EOS) for the judges' truncation rule.
@@ -19,6 +22,7 @@ from alignflow.rlhf.generation import Generation
 log = logging.getLogger(__name__)
 
 PROMPTS_PATH = paths.PROMPTS_TRAIN
+CONSTRAINED_PATH = paths.CONSTRAINT_PROMPTS_TRAIN
 SFT_DIR = paths.SFT_MODEL
 OUT_DIR = Path("data/samples")
 
@@ -94,6 +98,8 @@ def sample_prompts(params, prompts: list[list[dict]], model_dir: str | os.PathLi
 def run(params, tracker) -> dict:
     cfg = params.sample
     prompts = load_prompts(PROMPTS_PATH, cfg.max_prompts)
+    if cfg.constraint_prompts:
+        prompts += load_prompts(CONSTRAINED_PATH, cfg.constraint_prompts)
     if not SFT_DIR.exists():
         raise InputError(f"{SFT_DIR}: not found (run the sft stage first)")
     started = time.perf_counter()
@@ -106,7 +112,7 @@ def run(params, tracker) -> dict:
     for prompt, gens in zip(prompts, generations):
         rec = {"prompt_id": prompt["id"], "prompt": prompt["prompt"], "responses": [g.text for g in gens],
                "finished": [g.finished for g in gens], "gen": gen_params}
-        for key in ("reference", "task", "source"):
+        for key in ("reference", "task", "source", "constraints"):
             if prompt.get(key) is not None:
                 rec[key] = prompt[key]
         records.append(rec)

@@ -169,8 +169,17 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
                              peft_config=lora_config(align))
     elif method in ("grpo", "rloo"):
         group = getattr(align, method)
-        train = read_table(config["prompts_file"], ("prompt",), "prompt", align.max_prompts)
-        reward_fn = make_reward_function(config["reward_dir"], device="cpu" if common["use_cpu"] else None)
+        from datasets import Dataset
+
+        from alignflow.rlhf.online_rewards import constraint_index, online_prompt_records, verifier_reward
+
+        records = online_prompt_records(align, config["prompts_file"], config.get("constraint_prompts_file"))
+        train = Dataset.from_list([{"prompt": r["prompt"]} for r in records])
+        # TRL sums the reward functions (a None, the verifier on a prompt without constraints, adds nothing)
+        reward_fn = [] if align.reward == "verifier" else [
+            make_reward_function(config["reward_dir"], device="cpu" if common["use_cpu"] else None)]
+        if align.reward != "reward_model":
+            reward_fn.append(verifier_reward(constraint_index(records), align.verifier_weight))
         # per_device_train_batch_size counts completions: `batch_size` prompts × num_generations each.
         group_args = dict(common, per_device_train_batch_size=align.batch_size * group.num_generations)
         kwargs = dict(num_generations=group.num_generations, max_completion_length=align.max_new_tokens,

@@ -1,0 +1,79 @@
+"""IFEval accuracy on the verifiable-constraint prompts: per model, per constraint type, and the
+candidate's paired difference from SFT (and the champion) with a bootstrap 95% CI.
+
+Accuracies as IFEval reports them (Zhou et al. 2023): prompt-level strict (every constraint
+of the prompt followed by the response as written) and loose (by one of IFEval's lenient variants
+of it); per constraint type, the share of that type's constraints followed (strict).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from alignflow.evaluation import metrics as M
+from alignflow.verifiable import Verdict, verify
+
+
+def prompt_text(messages: list[dict]) -> str:
+    """The last user message: the instruction with its constraints (what IFEval calls the prompt)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def verdicts(records: Sequence[dict], responses: Sequence[str]) -> list[Verdict]:
+    return [verify(text, rec["constraints"], prompt_text(rec["prompt"])) for rec, text in zip(records, responses)]
+
+
+def accuracy(vs: Sequence[Verdict]) -> dict[str, float]:
+    """Prompt-level strict/loose and instruction-level strict accuracy."""
+    if not vs:
+        return {"strict": float("nan"), "loose": float("nan"), "instruction_strict": float("nan")}
+    followed = [s for v in vs for s in v.strict]
+    return {"strict": float(np.mean([v.all_strict for v in vs])), "loose": float(np.mean([v.all_loose for v in vs])),
+            "instruction_strict": float(np.mean(followed)) if followed else float("nan")}
+
+
+def per_type(vs: Sequence[Verdict]) -> dict[str, tuple[int, float]]:
+    """Constraint type -> (how many, share followed strictly)."""
+    seen: dict[str, list[bool]] = defaultdict(list)
+    for v in vs:
+        for type_id, ok in zip(v.ids, v.strict):
+            seen[type_id].append(ok)
+    return {t: (len(oks), float(np.mean(oks))) for t, oks in sorted(seen.items())}
+
+
+def paired_delta(a: Sequence[Verdict], b: Sequence[Verdict], n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Mean of a's minus b's prompt-level strict pass over the same prompts, with a percentile
+    bootstrap 95% CI resampling prompts (paired: the same prompt's two outcomes move together)."""
+    diffs = np.array([float(x.all_strict) - float(y.all_strict) for x, y in zip(a, b)])
+    if not diffs.size:
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = M.bootstrap_ci(diffs, n_boot=n_boot, seed=seed) if n_boot else (float("nan"), float("nan"))
+    return float(diffs.mean()), lo, hi
+
+
+def ifeval_metrics(records: Sequence[dict], responses: dict[str, Sequence[str]], candidate: str,
+                   n_boot: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics/eval.json's ifeval_* keys, and the report's table: {"per_type": {type: {model:
+    (n, acc)}}, "accuracy": {model: accuracy()}, "verdicts": {model: [Verdict]}}."""
+    if not records:
+        return {}, {}
+    by_model = {name: verdicts(records, texts) for name, texts in responses.items()}
+    metrics: dict[str, Any] = {"n_ifeval_prompts": len(records)}
+    accs = {name: accuracy(vs) for name, vs in by_model.items()}
+    for name, acc in accs.items():
+        metrics[f"ifeval_strict_{name}"] = acc["strict"]
+        metrics[f"ifeval_loose_{name}"] = acc["loose"]
+    for other in ("sft", "champion"):
+        if other in by_model and candidate in by_model:
+            d, lo, hi = paired_delta(by_model[candidate], by_model[other], n_boot, seed)
+            metrics.update({f"ifeval_delta_vs_{other}": d, f"ifeval_delta_vs_{other}_ci_low": lo,
+                            f"ifeval_delta_vs_{other}_ci_high": hi})
+    table: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
+    for name, vs in by_model.items():
+        for type_id, cell in per_type(vs).items():
+            table[type_id][name] = cell
+    return metrics, {"per_type": dict(sorted(table.items())), "accuracy": accs, "verdicts": by_model}
