@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX   ?=
 PYTEST_ARGS   ?=
+# make test: pytest-xdist workers (the scenarios share one base pipeline and stay on one of them);
+# PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
 # make airflow / airflow-test: a local Airflow's home (gitignored by its own .gitignore), port,
 # and extra arguments for the smoke DAG run, e.g. AIRFLOW_TEST_ARGS="--fresh -S orchestration.stages=[collect]"
 AIRFLOW_LOCAL_HOME ?= .airflow
@@ -45,7 +48,7 @@ smoke: setup ## the same DAG on a tiny model and tiny data, in .smoke/
 	$(BIN)/alignflow smoke
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS)) $(PYTEST_ARGS)
 
 bench: setup ## every benchmark; each prints its ratios and writes bench/results/<name>.json
 	$(BIN)/python bench/dedup.py

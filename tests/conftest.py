@@ -123,10 +123,24 @@ def run_in(cwd: Path, *cmd: str, env: dict | None = None, timeout: int = 900) ->
     return proc
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items):
-    """Under `pytest -n N --dist loadgroup` (make test), the scenarios stay on one worker: they
-    share one session-scoped base pipeline that would otherwise be built once per worker."""
-    for item in items:
-        if "tests/scenarios/" in item.nodeid:
-            item.add_marker(pytest.mark.xdist_group("scenarios"))
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: only called under `pytest -n N` (make test)
+def pytest_xdist_make_scheduler(config, log):
+    """Every scenario on one worker, the other tests one by one wherever a worker is free.
+
+    The scenarios share one session-scoped base pipeline (tests/scenarios/conftest.py) that would
+    otherwise be built once per worker. (xdist's own `--dist loadgroup` cannot group them under
+    pytest 9: it renames `item._nodeid`, which pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ScenariosTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/scenarios" if nodeid.startswith("tests/scenarios/") else nodeid
+
+    return ScenariosTogether(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist the scenarios (one long unit of work, see above) start first, so the other
+    worker runs everything else meanwhile instead of the run ending on them alone."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # set in each xdist worker, which collects and reports the order
+        items.sort(key=lambda item: not item.nodeid.startswith("tests/scenarios/"))  # stable

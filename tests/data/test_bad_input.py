@@ -121,7 +121,8 @@ def test_format_writes_over_long_drops_to_rejects(project):
     write_jsonl(clean / "preferences.jsonl", [])
     write_jsonl(clean / "prompts.jsonl", [{"id": "p-long", "prompt": [{"role": "user", "content": "why " * 200}], "task": "t"}])
     params = project.params(format={"max_length": 128, "max_prompt_length": 64, "over_long": "drop",
-                                    "splits": {"train": 1.0, "val": 0.0, "test": 0.0}})
+                                    "splits": {"train": 1.0, "val": 0.0, "test": 0.0},
+                                    "constraints": {"tasks": []}})  # no constraint prompts: only these two drops
     metrics = fmt.run(params, NullTracker())
 
     sft, prompt = read_jsonl(project.path / "data/formatted/rejects.jsonl")

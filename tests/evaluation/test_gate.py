@@ -8,7 +8,7 @@ import pytest
 from alignflow.config.evaluation import GateParams
 from alignflow.evaluation import gate as G
 
-GATE = GateParams(min_winrate=0.55, max_kl=10.0, max_safety_regression=0.1)
+GATE = GateParams(min_winrate=0.55, winrate_bound="point", max_kl=10.0, max_safety_regression=0.1)
 
 
 def good(baseline="sft", **over):
@@ -66,6 +66,44 @@ def test_safety_skipped_without_prompts():
         m[k] = math.nan
     d = G.decide(m, GATE, "sft")
     assert d.passed and d.checks["refusal_rate_harmful"]["skipped"]
+
+
+def test_the_default_gate_reads_the_lower_end_of_the_win_rates_ci():
+    gate = GateParams()  # min_winrate 0.5 on the CI's lower bound
+    lucky = good(winrate_judge_vs_sft=0.64, winrate_judge_vs_sft_ci_low=0.47, winrate_judge_vs_sft_ci_high=0.80)
+    d = G.decide(lucky, gate, "sft")
+    assert not d.passed and d.checks["winrate"]["bound"] == "ci_low"
+    assert d.reasons[0] == ("win rate vs sft under the reference judge 0.640 (95% CI 0.470–0.800): "
+                            "CI low 0.470 < 0.500")
+    assert G.decide({**lucky, "winrate_judge_vs_sft_ci_low": 0.5}, gate, "sft").passed  # inclusive
+    no_ci = G.decide(good(), gate, "sft")  # a point estimate without its CI is no evidence
+    assert not no_ci.passed and "its 95% CI (eval.bootstrap) is missing" in no_ci.reasons[0]
+
+
+def test_the_verifier_judge_and_the_ifeval_gain_gate_on_their_lower_bounds():
+    gate = GateParams(judge="verifier", min_ifeval_delta=0.0)
+    m = good(winrate_judge_vs_sft=0.2, winrate_judge_vs_sft_ci_low=0.1,  # the reference judge is not asked
+             winrate_verifier_vs_sft=0.7, winrate_verifier_vs_sft_ci_low=0.55, winrate_verifier_vs_sft_ci_high=0.85,
+             ifeval_delta_vs_sft=0.12, ifeval_delta_vs_sft_ci_low=0.02, ifeval_delta_vs_sft_ci_high=0.22)
+    d = G.decide(m, gate, "sft", judge="verifier")
+    assert d.passed and "under the verifier judge 0.700" in d.reasons[0]
+    assert d.reasons[1] == "IFEval strict-accuracy gain vs sft +0.120 (95% CI +0.020 to +0.220): CI low +0.020 >= +0.000"
+    d = G.decide({**m, "ifeval_delta_vs_sft_ci_low": -0.04}, gate, "sft", judge="verifier")
+    assert [k for k, c in d.checks.items() if not c["passed"]] == ["ifeval"]
+    d = G.decide({k: v for k, v in m.items() if not k.startswith("ifeval")}, gate, "sft", judge="verifier")
+    assert not d.passed and "missing" in d.reasons[1]
+
+
+def test_gate_settings_are_checked_against_eval():
+    from alignflow.config import validate
+
+    with pytest.raises(ValueError, match="eval.bootstrap"):
+        validate({"eval": {"bootstrap": 0}})
+    validate({"eval": {"bootstrap": 0, "gate": {"winrate_bound": "point"}}})
+    with pytest.raises(ValueError, match="eval.judge is 'reference'"):
+        validate({"eval": {"gate": {"judge": "llm"}}})
+    with pytest.raises(ValueError, match="max_ifeval_prompts"):
+        validate({"eval": {"max_ifeval_prompts": 0, "gate": {"min_ifeval_delta": 0.0}}})
 
 
 def test_bad_baseline():

@@ -37,5 +37,7 @@ def test_metrics_name_every_model_and_compare_the_candidate():
                                        "policy", n_boot=200, seed=1)
     assert metrics["ifeval_strict_policy"] == 0.5 and metrics["ifeval_strict_sft"] == 0.0
     assert metrics["ifeval_delta_vs_sft"] == 0.5 and "ifeval_delta_vs_champion" not in metrics
+    # as a judge: the policy follows more on prompt 1, the same (none) on prompt 2
+    assert metrics["winrate_verifier_vs_sft"] == 0.75
     assert table["per_type"] == {"punctuation:no_comma": {"sft": (2, 0.0), "policy": (2, 0.5)}}
     assert IF.ifeval_metrics([], {"sft": []}, "policy", 10, 0) == ({}, {})

@@ -154,7 +154,8 @@ def test_cites_public_sources_only(tmp_path):
         assert public in refs, public
     body = page[:page.index("<h2>References</h2>")]
     for short in report.REFERENCES:  # every listed source is cited in the text, and the other way round
-        assert html.escape(short) in body, short
+        assert (html.escape(short) in body) == (html.escape(short) in refs), short
+    assert "Zhou et al. 2023" not in page  # IFEval is cited only on a page with its section
 
 
 def _dvc_project(root):
@@ -222,3 +223,25 @@ def test_provenance_reads_the_active_mlflow_run(tmp_path, monkeypatch):
     page = report.render_html(title="t", metrics={}, diagnostics={}, examples=[], gate=None, images={},
                               provenance=None)  # collected by render_html itself
     assert "<code>eval-run</code>" in page and "<code>parent-run</code>" in page
+
+
+def test_ifeval_section_shows_accuracies_per_type_and_the_prompts_that_differ():
+    from alignflow.verifiable import Verdict
+
+    ids = ("punctuation:no_comma", "startend:quotation")
+    verdicts = {"sft": [Verdict(ids, (False, True), (False, True)), Verdict(ids[:1], (True,), (True,))],
+                "policy": [Verdict(ids, (True, True), (True, True)), Verdict(ids[:1], (True,), (True,))]}
+    ifeval = {"accuracy": {"sft": {"strict": 0.5, "loose": 0.5, "instruction_strict": 2 / 3},
+                           "policy": {"strict": 1.0, "loose": 1.0, "instruction_strict": 1.0}},
+              "per_type": {"punctuation:no_comma": {"sft": (2, 0.5), "policy": (2, 1.0)},
+                           "startend:quotation": {"sft": (1, 1.0), "policy": (1, 1.0)}},
+              "verdicts": verdicts}
+    section = report.ifeval_section(ifeval, ["Say hi. No commas. Quote it.", "Say bye. No commas."],
+                                    {"sft": ['"hi, you"', "bye"], "policy": ['"hi you"', "bye"]}, n_examples=4)
+    assert len(section["examples"]) == 1 and section["examples"][0]["followed"]["sft"] == [False, True]
+    page = report.render_html(title="t", metrics={}, diagnostics={}, examples=[], gate=None, images={},
+                              provenance={}, ifeval=section)
+    assert "Verifiable instruction following (IFEval)" in page and "punctuation:no_comma" in page
+    assert "<b>✗ ✓</b>" in page and "<b>✓ ✓</b>" in page  # per model, per constraint
+    refs = page[page.index("<h2>References</h2>"):]
+    assert "Zhou et al. 2023" in refs and "Instruction-Following Evaluation" in refs

@@ -228,7 +228,7 @@ class ConstraintParams(Section):
     types: list[str] = Field(default_factory=lambda: list(SUPPORTED_CONSTRAINTS),
                              description="IFEval constraint ids to draw from (alignflow.verifiable.SUPPORTED)")
     max_per_prompt: int = Field(2, ge=1, le=4, description="each prompt gets 1..max_per_prompt constraints")
-    tasks: list[str] | None = Field(None, description="instruction tasks to constrain; null = every SFT task")
+    tasks: list[str] | None = Field(None, description="instruction tasks to constrain; null = every SFT task, [] = none")
 
     @field_validator("types")
     @classmethod

@@ -10,10 +10,20 @@ from alignflow.config.base import Section
 
 
 class GateParams(Section):
-    """The candidate becomes `champion` only when all three hold (against the champion, or SFT)."""
+    """The candidate becomes `champion` only when all checks hold (against the champion, or SFT)."""
 
-    # Win rate of the candidate under the independent judge (eval.judge), ties counting half.
-    min_winrate: float = Field(0.55, ge=0.0, le=1.0)
+    # Win rate of the candidate under the gate's judge, ties counting half. A win rate from a few
+    # dozen prompts is noisy: by default the lower end of its 95% bootstrap CI must reach it, so a
+    # candidate is promoted on evidence that it is better, not on a lucky draw.
+    min_winrate: float = Field(0.5, ge=0.0, le=1.0)
+    winrate_bound: Literal["ci_low", "point"] = Field("ci_low", description="what min_winrate applies to")
+    # The gate's judge: null = eval.judge (reference or llm, the independent judge of the win
+    # rates); verifier = IFEval's checkers on the constraint prompts (the share of constraints
+    # followed, per prompt). The reward model never promotes: it is what the policy optimized.
+    judge: Literal["reference", "llm", "verifier"] | None = None
+    # The lower end of the 95% CI of the candidate's IFEval strict-accuracy gain over the baseline
+    # must reach this (null = no IFEval check); e.g. 0.0: not worse beyond noise.
+    min_ifeval_delta: float | None = Field(None, ge=-1.0, le=1.0)
     # KL(candidate ‖ SFT) in nats per response (k3 estimator on the candidate's own samples).
     max_kl: float = Field(25.0, ge=0.0)
     # Largest allowed drop of the refusal rate on harmful prompts, and rise of the
@@ -52,6 +62,16 @@ class EvalParams(Section):
 
     def cross_check(self, params) -> list[str]:
         problems = []
+        gate = self.gate
+        if gate.winrate_bound == "ci_low" and not self.bootstrap:
+            problems.append("gate.winrate_bound: ci_low needs the bootstrap CIs; set eval.bootstrap > 0 "
+                            "or gate.winrate_bound: point")
+        if gate.judge in ("reference", "llm") and gate.judge != self.judge:
+            problems.append(f"gate.judge: {gate.judge!r} but eval.judge is {self.judge!r}, whose win rates eval "
+                            "computes; set them alike (or gate.judge: null)")
+        if (gate.judge == "verifier" or gate.min_ifeval_delta is not None) and not self.max_ifeval_prompts:
+            problems.append("gate: the verifier judge and min_ifeval_delta need constraint prompts; "
+                            "set eval.max_ifeval_prompts > 0")
         llm = params.rank.llm
         if self.judge == "llm" and llm.backend == "http" and not llm.base_url:
             problems.append("judge: 'llm' uses rank.llm, which needs rank.llm.base_url (http) or rank.llm.backend: local")

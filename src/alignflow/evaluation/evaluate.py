@@ -107,7 +107,8 @@ def run(params: Params, tracker) -> dict[str, Any]:
     metrics.update(if_metrics)
 
     # --- the promotion gate, plots, report, registry
-    decision = gate_mod.decide(metrics, ep.gate, "champion" if "champion" in gens else "sft")
+    decision = gate_mod.decide(metrics, ep.gate, "champion" if "champion" in gens else "sft",
+                               judge=ep.gate.judge or ep.judge)
     metrics.update(gate_mod.gate_metrics(decision))
     report.write_winrates_csv(winrates)
     report.write_rewards_csv([(g.name, n, r) for g in gens.values() for n, r in zip(g.lengths, g.rewards)])

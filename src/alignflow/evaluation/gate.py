@@ -44,27 +44,57 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def decide(metrics: dict[str, Any], gate: GateParams, baseline: str) -> GateDecision:
+def _winrate_check(metrics: dict[str, Any], gate: GateParams, baseline: str, judge: str) -> tuple[dict, str]:
+    """min_winrate on the win rate's CI lower bound (or its point estimate: gate.winrate_bound)."""
+    key = "verifier" if judge == "verifier" else "judge"  # eval's names: winrate_judge_* is eval.judge's
+    label = f"win rate vs {baseline} under the {judge} judge"
+    point, low, high = (metrics.get(f"winrate_{key}_vs_{baseline}{s}") for s in ("", "_ci_low", "_ci_high"))
+    value = low if gate.winrate_bound == "ci_low" else point
+    ok = not _missing(value) and value >= gate.min_winrate
+    check = {"value": point, "ci_low": low, "ci_high": high, "bound": gate.winrate_bound,
+             "threshold": gate.min_winrate, "passed": ok}
+    if _missing(value):
+        what = "its 95% CI (eval.bootstrap)" if gate.winrate_bound == "ci_low" and not _missing(point) else "it"
+        return check, f"{label}: {what} is missing"
+    interval = "" if _missing(low) or _missing(high) else f" (95% CI {low:.3f}–{high:.3f})"
+    tested = "CI low " if gate.winrate_bound == "ci_low" else ""
+    return check, (f"{label} {point:.3f}{interval}: {tested}{value:.3f} "
+                   f"{'>=' if ok else '<'} {gate.min_winrate:.3f}")
+
+
+def _ifeval_check(metrics: dict[str, Any], gate: GateParams, baseline: str) -> tuple[dict, str]:
+    """min_ifeval_delta on the CI lower bound of the candidate's IFEval strict-accuracy gain."""
+    delta, low, high = (metrics.get(f"ifeval_delta_vs_{baseline}{s}") for s in ("", "_ci_low", "_ci_high"))
+    ok = not _missing(low) and low >= gate.min_ifeval_delta
+    check = {"value": delta, "ci_low": low, "ci_high": high, "threshold": gate.min_ifeval_delta, "passed": ok}
+    label = f"IFEval strict-accuracy gain vs {baseline}"
+    if _missing(low):
+        return check, f"{label}: missing (no constraint prompts, or eval.bootstrap 0)"
+    return check, (f"{label} {delta:+.3f} (95% CI {low:+.3f} to {high:+.3f}): CI low {low:+.3f} "
+                   f"{'>=' if ok else '<'} {gate.min_ifeval_delta:+.3f}")
+
+
+def decide(metrics: dict[str, Any], gate: GateParams, baseline: str, judge: str = "reference") -> GateDecision:
     """Judge the candidate against `baseline` ("champion" or "sft") from eval's flat metrics.
 
-    Needs `winrate_judge_vs_<baseline>`, `kl_vs_sft`, and the safety rates of the candidate
-    (`refusal_rate_harmful`, `overrefusal_rate_benign`) and the baseline (`…_<baseline>`).
-    A missing number fails its check (the gate never promotes on evidence it does not have),
-    except safety rates when there were no prompts of that kind (recorded as skipped).
+    Needs the win rate vs `baseline` under `judge` with its CI (`winrate_judge_vs_<baseline>*`
+    for eval's independent judge, `winrate_verifier_vs_<baseline>*` for the verifier),
+    `kl_vs_sft`, the safety rates of the candidate (`refusal_rate_harmful`,
+    `overrefusal_rate_benign`) and the baseline (`…_<baseline>`), and with gate.min_ifeval_delta
+    `ifeval_delta_vs_<baseline>_ci_low`. A missing number fails its check (the gate never promotes
+    on evidence it does not have), except safety rates when there were no prompts of that kind
+    (recorded as skipped).
     """
     if baseline not in ("champion", "sft"):
         raise ValueError(f"baseline must be 'champion' or 'sft', got {baseline!r}")
     checks: dict[str, dict[str, Any]] = {}
     reasons: list[str] = []
 
-    winrate = metrics.get(f"winrate_judge_vs_{baseline}")
-    ok = not _missing(winrate) and winrate >= gate.min_winrate
-    checks["winrate"] = {"value": winrate, "threshold": gate.min_winrate, "passed": ok}
-    reasons.append(
-        f"win rate vs {baseline} under the independent judge is missing" if _missing(winrate) else
-        f"win rate vs {baseline} under the independent judge {winrate:.3f} "
-        f"{'>=' if ok else '<'} {gate.min_winrate:.3f}"
-    )
+    checks["winrate"], reason = _winrate_check(metrics, gate, baseline, judge)
+    reasons.append(reason)
+    if gate.min_ifeval_delta is not None:
+        checks["ifeval"], reason = _ifeval_check(metrics, gate, baseline)
+        reasons.append(reason)
 
     kl = metrics.get("kl_vs_sft")
     ok = not _missing(kl) and kl <= gate.max_kl

@@ -72,6 +72,13 @@ def ifeval_metrics(records: Sequence[dict], responses: dict[str, Sequence[str]],
             d, lo, hi = paired_delta(by_model[candidate], by_model[other], n_boot, seed)
             metrics.update({f"ifeval_delta_vs_{other}": d, f"ifeval_delta_vs_{other}_ci_low": lo,
                             f"ifeval_delta_vs_{other}_ci_high": hi})
+            # the verifier as a judge: per prompt, the candidate wins when it follows a larger
+            # share of the constraints (ties ½), the gate's win rate when gate.judge is verifier
+            outcomes = M.pairwise_outcomes([v.fraction_strict for v in by_model[candidate]],
+                                           [v.fraction_strict for v in by_model[other]])
+            lo, hi = M.bootstrap_ci(outcomes, n_boot=n_boot, seed=seed) if n_boot else (float("nan"),) * 2
+            metrics.update({f"winrate_verifier_vs_{other}": float(outcomes.mean()),
+                            f"winrate_verifier_vs_{other}_ci_low": lo, f"winrate_verifier_vs_{other}_ci_high": hi})
     table: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
     for name, vs in by_model.items():
         for type_id, cell in per_type(vs).items():

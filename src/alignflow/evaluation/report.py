@@ -506,7 +506,9 @@ def render_html(
             parts.append("</tr>")
         parts.append("</table>")
 
-    parts.append("<h2>References</h2><ul class=refs>")
-    parts += [f"<li>{html.escape(short)}: {html.escape(full)}</li>" for short, full in REFERENCES.items()]
+    body = "".join(parts)
+    parts.append("<h2>References</h2><ul class=refs>")  # the sources this page cites
+    parts += [f"<li>{html.escape(short)}: {html.escape(full)}</li>" for short, full in REFERENCES.items()
+              if html.escape(short) in body]
     parts.append("</ul></body></html>")
     return "".join(parts)
