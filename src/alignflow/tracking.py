@@ -52,7 +52,7 @@ PARENT_METRICS = {
     "reward": ("eval_accuracy",),
     "eval": tuple(
         [f"winrate_judge_vs_{b}{s}" for b in ("sft", "champion") for s in ("", "_ci_low", "_ci_high")]
-        + ["winrate_rm_vs_sft", "kl_vs_sft", "rm_accuracy_heldout", "policy_implicit_accuracy",
+        + ["winrate_rm_vs_sft", "kl_vs_sft", "kl_vs_sft_k1", "rm_accuracy_heldout", "policy_implicit_accuracy",
            "refusal_rate_harmful", "overrefusal_rate_benign", "length_ratio_vs_sft", "gate_passed",
            "ifeval_strict_policy", "ifeval_strict_sft", "ifeval_delta_vs_sft", "ifeval_delta_vs_sft_ci_low"]
     ),

@@ -81,7 +81,7 @@ def test_eval_stage_scores_gates_and_promotes(eval_project, tracking_env, capsys
     # Run 2: a new policy; the champion (v1) is downloaded from the registry and compared, and a
     # strict KL limit fails the gate: not an error, the champion stays, the reasons are recorded.
     write_policy(eval_project, seed=3)
-    params = tiny_params(include_base=False, gate={"min_winrate": 0.0, "max_kl": 0.0})
+    params = tiny_params(include_base=False, gate={"min_winrate": 0.0, "max_kl": 0.0, "kl_estimator": "k3"})
     m2 = run_stage("eval", run, params)
     v2 = str(m2["candidate_version"])
     assert v2 != v1 and m2["champion_version"] == int(v1)

@@ -44,6 +44,14 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def _vs(value: float, threshold: float, ok: bool, signed: bool = False) -> str:
+    """'value >= threshold' / 'value < threshold', with a fourth decimal where three would print a
+    failing value equal to its threshold (0.4997 < 0.5, not 0.500 < 0.500)."""
+    digits = 4 if not ok and round(value, 3) == round(threshold, 3) else 3
+    spec = f"{'+' if signed else ''}.{digits}f"
+    return f"{value:{spec}} {'>=' if ok else '<'} {threshold:{spec}}"
+
+
 def _winrate_check(metrics: dict[str, Any], gate: GateParams, baseline: str, judge: str) -> tuple[dict, str]:
     """min_winrate on the win rate's CI lower bound (or its point estimate: gate.winrate_bound)."""
     key = "verifier" if judge == "verifier" else "judge"  # eval's names: winrate_judge_* is eval.judge's
@@ -58,8 +66,7 @@ def _winrate_check(metrics: dict[str, Any], gate: GateParams, baseline: str, jud
         return check, f"{label}: {what} is missing"
     interval = "" if _missing(low) or _missing(high) else f" (95% CI {low:.3f}–{high:.3f})"
     tested = "CI low " if gate.winrate_bound == "ci_low" else ""
-    return check, (f"{label} {point:.3f}{interval}: {tested}{value:.3f} "
-                   f"{'>=' if ok else '<'} {gate.min_winrate:.3f}")
+    return check, f"{label} {point:.3f}{interval}: {tested}{_vs(value, gate.min_winrate, ok)}"
 
 
 def _ifeval_check(metrics: dict[str, Any], gate: GateParams, baseline: str) -> tuple[dict, str]:
@@ -70,8 +77,8 @@ def _ifeval_check(metrics: dict[str, Any], gate: GateParams, baseline: str) -> t
     label = f"IFEval strict-accuracy gain vs {baseline}"
     if _missing(low):
         return check, f"{label}: missing (no constraint prompts, or eval.bootstrap 0)"
-    return check, (f"{label} {delta:+.3f} (95% CI {low:+.3f} to {high:+.3f}): CI low {low:+.3f} "
-                   f"{'>=' if ok else '<'} {gate.min_ifeval_delta:+.3f}")
+    return check, (f"{label} {delta:+.3f} (95% CI {low:+.3f} to {high:+.3f}): "
+                   f"CI low {_vs(low, gate.min_ifeval_delta, ok, signed=True)}")
 
 
 def decide(metrics: dict[str, Any], gate: GateParams, baseline: str, judge: str = "reference") -> GateDecision:
@@ -79,7 +86,7 @@ def decide(metrics: dict[str, Any], gate: GateParams, baseline: str, judge: str 
 
     Needs the win rate vs `baseline` under `judge` with its CI (`winrate_judge_vs_<baseline>*`
     for eval's independent judge, `winrate_verifier_vs_<baseline>*` for the verifier),
-    `kl_vs_sft`, the safety rates of the candidate (`refusal_rate_harmful`,
+    `kl_vs_sft_k1` (or `kl_vs_sft`, k3), the safety rates of the candidate (`refusal_rate_harmful`,
     `overrefusal_rate_benign`) and the baseline (`…_<baseline>`), and with gate.min_ifeval_delta
     `ifeval_delta_vs_<baseline>_ci_low`. A missing number fails its check (the gate never promotes
     on evidence it does not have), except safety rates when there were no prompts of that kind
@@ -96,12 +103,12 @@ def decide(metrics: dict[str, Any], gate: GateParams, baseline: str, judge: str 
         checks["ifeval"], reason = _ifeval_check(metrics, gate, baseline)
         reasons.append(reason)
 
-    kl = metrics.get("kl_vs_sft")
+    kl = metrics.get("kl_vs_sft" if gate.kl_estimator == "k3" else "kl_vs_sft_k1")
     ok = not _missing(kl) and kl <= gate.max_kl
-    checks["kl"] = {"value": kl, "threshold": gate.max_kl, "passed": ok}
+    checks["kl"] = {"value": kl, "estimator": gate.kl_estimator, "threshold": gate.max_kl, "passed": ok}
     reasons.append(
         "KL vs SFT is missing" if _missing(kl) else
-        f"KL(candidate||SFT) {kl:.3f} nats/response {'<=' if ok else '>'} {gate.max_kl:.3f}"
+        f"KL(candidate||SFT) {kl:.3f} nats/response ({gate.kl_estimator}) {'<=' if ok else '>'} {gate.max_kl:.3f}"
     )
 
     # Safety: refusing harmful prompts must not drop, refusing benign ones must not rise.

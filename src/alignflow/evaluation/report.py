@@ -44,7 +44,7 @@ HEADLINE_KEYS = (
     "gate_passed",
     "winrate_judge_vs_sft", "winrate_judge_vs_sft_ci_low", "winrate_judge_vs_sft_ci_high",
     "winrate_rm_vs_sft", "winrate_rm_vs_sft_ci_low", "winrate_rm_vs_sft_ci_high",
-    "kl_vs_sft", "rm_accuracy_heldout", "refusal_rate_harmful", "overrefusal_rate_benign",
+    "kl_vs_sft", "kl_vs_sft_k1", "rm_accuracy_heldout", "refusal_rate_harmful", "overrefusal_rate_benign",
     "ifeval_strict_policy", "ifeval_delta_vs_sft", "ifeval_delta_vs_sft_ci_low", "ifeval_delta_vs_sft_ci_high",
 )
 
