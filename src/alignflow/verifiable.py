@@ -90,11 +90,6 @@ def _ifeval():
     return instructions_registry, evaluate_instructions
 
 
-def check_types(types: Sequence[str]) -> list[str]:
-    """The ids of `types` that are not supported (empty: all are)."""
-    return [t for t in types if t not in SUPPORTED]
-
-
 def make_constraint(type_id: str, seed: int) -> Constraint:
     """One constraint of `type_id` with its parameters drawn from `seed` (the same seed, the same
     constraint): the description is IFEval's text for those parameters."""

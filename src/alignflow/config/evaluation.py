@@ -46,7 +46,7 @@ class EvalParams(Section):
     max_pairs: int = Field(64, ge=0, description="held-out human preference pairs (accuracy)")
     # Verifiable-constraint prompts (format's prompts_ifeval_test): IFEval strict/loose accuracy per model.
     ifeval_prompts: str = "data/formatted/prompts_ifeval_test.jsonl"
-    max_ifeval_prompts: int = Field(48, ge=0, description="constraint prompts generated per model (0 = none)")
+    max_ifeval_prompts: int = Field(32, ge=0, description="constraint prompts generated per model (0 = none)")
     max_new_tokens: int = Field(96, ge=1)
     temperature: float = Field(0.7, ge=0.0, description="0 = greedy")
     top_p: float = Field(0.95, gt=0.0, le=1.0)

@@ -15,12 +15,8 @@ from typing import Any
 import numpy as np
 
 from alignflow.evaluation import metrics as M
+from alignflow.rlhf.judges import prompt_text  # the last user turn: the instruction with its constraints
 from alignflow.verifiable import Verdict, verify
-
-
-def prompt_text(messages: list[dict]) -> str:
-    """The last user message: the instruction with its constraints (what IFEval calls the prompt)."""
-    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def verdicts(records: Sequence[dict], responses: Sequence[str]) -> list[Verdict]:
@@ -62,7 +58,7 @@ def ifeval_metrics(records: Sequence[dict], responses: dict[str, Sequence[str]],
     if not records:
         return {}, {}
     by_model = {name: verdicts(records, texts) for name, texts in responses.items()}
-    metrics: dict[str, Any] = {"n_ifeval_prompts": len(records)}
+    metrics: dict[str, Any] = {}  # n_ifeval_prompts: evaluate.run counts the inputs
     accs = {name: accuracy(vs) for name, vs in by_model.items()}
     for name, acc in accs.items():
         metrics[f"ifeval_strict_{name}"] = acc["strict"]
