@@ -42,8 +42,10 @@ def test_first_run_is_tracked_registered_and_promoted(base_pipeline, scenario_en
     for stage in STAGES:
         assert (ws / "metrics" / f"{stage}.json").exists(), f"no metrics for {stage}"
     ev = json.loads((ws / "metrics/eval.json").read_text())
-    for key in ("winrate_rm_vs_sft", "winrate_judge_vs_sft", "kl_vs_sft", "refusal_rate_harmful", "gate_passed"):
+    for key in ("winrate_rm_vs_sft", "winrate_judge_vs_sft", "kl_vs_sft", "refusal_rate_harmful", "gate_passed",
+                "ifeval_strict_policy", "ifeval_strict_sft", "ifeval_delta_vs_sft_ci_low"):
         assert key in ev, key
+    assert ev["n_ifeval_prompts"] > 0  # format's held-out constraint prompts reached eval
     assert (ws / "reports/eval.html").stat().st_size > 1000
     assert "Running stage" not in dvc(ws, "repro").stdout  # everything cached
 
@@ -78,6 +80,7 @@ def test_first_run_is_tracked_registered_and_promoted(base_pipeline, scenario_en
     # (read by version: a scenario that ran before this one may have promoted a later one since)
     v1 = mlflow.MlflowClient().get_model_version("alignflow-policy", gate["candidate_version"])
     assert gate["passed"] and v1.tags["alignflow.promoted_at"]
+    assert "CI low" in gate["reasons"][0]  # the gate read the win rate's lower bound, and says so
     assert v1.tags["alignflow.gate"] == "passed" and v1.tags["alignflow.dvc_lock.eval"]
     assert v1.tags["alignflow.pipeline_run_id"] == parent.info.run_id
 
