@@ -98,13 +98,15 @@ def _size(stage: str, params) -> str:
         return f"{method}, {align.max_steps} steps × {size}, {_adapter(align)}"
     if stage == "sample":
         s = params.sample
-        return f"{s.k} samples × {s.max_prompts or 'all'} prompts, ≤{s.max_new_tokens} new tokens"
+        extra = f" + {s.constraint_prompts} constraint prompts" if s.constraint_prompts else ""
+        return f"{s.k} samples × {s.max_prompts or 'all'} prompts{extra}, ≤{s.max_new_tokens} new tokens"
     if stage == "rank":
         return f"judge {'+'.join(params.rank.judge)}, pairs {params.rank.pairs}"
     if stage == "eval":
         e = params.eval
-        return (f"{e.max_prompts} prompts + {e.max_harmful_prompts} harmful, judge {e.judge}, "
-                f"≤{e.max_new_tokens} new tokens")
+        seeds = f" × {len(e.seeds)} seeds" if e.seeds and len(e.seeds) > 1 else ""
+        return (f"{e.max_prompts} prompts + {e.max_harmful_prompts} harmful + {e.max_ifeval_prompts} constraint"
+                f"{seeds}, judge {e.judge}, ≤{e.max_new_tokens} new tokens")
     if stage == "collect":
         return f"{len(params.collect.sources)} sources"
     return ""

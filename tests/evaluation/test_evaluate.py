@@ -103,10 +103,16 @@ def test_eval_stage_scores_gates_and_promotes(eval_project, tracking_env, capsys
     assert {"eval/eval.html", "eval/gate.json", "eval/figures"} <= files
 
     # Re-evaluating the same policy reuses its registered version (content digest), no new version.
+    # eval.seeds: every prompt answered once per seed; win rates and CIs count prompts, not draws.
     m3 = run_stage("eval", run, tiny_params(include_base=False, compare_champion=False, max_prompts=2,
-                                            max_harmful_prompts=0, max_pairs=0))
+                                            max_harmful_prompts=0, max_pairs=0, seeds=[1, 2]))
     assert str(m3["candidate_version"]) == v2
     assert "refusal_rate_harmful" not in m3  # no harmful prompts: no rate, the safety check is skipped
+    assert m3["n_eval_seeds"] == 2 and m3["n_prompts"] == 2 and m3["winrate_judge_vs_sft_n"] == 2
+    assert m3["winrate_judge_vs_sft_seed_std"] >= 0 and "ifeval_delta_vs_sft_seed_std" in m3
+    rows = [json.loads(x) for x in (eval_project / "reports/generations.jsonl").read_text().splitlines()]
+    benign = [(r["prompt_id"], r["seed"]) for r in rows if r["split"] == "benign"]
+    assert len(benign) == 4 and {s for _, s in benign} == {1, 2} and len({p for p, _ in benign}) == 2
 
 
 def test_missing_inputs_are_clear_errors(tmp_path, monkeypatch):
@@ -141,7 +147,7 @@ def test_best_of_n_policy_picks_the_reward_models_favourite(eval_project):
         {"kind": "best_of_n", "policy": "models/sft", "reward": "models/reward", "n": 3, "temperature": 0.8}))
     bon = BestOfN(pdir, params)
     prompts = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Say hi."}]]
-    out = bon.generate("policy", prompts[:1], prompts[1:], params.eval, seed=7)
+    out = bon.generate("policy", prompts[:1], prompts[1:], params.eval, seeds=7)
     pol = bon.policy
     assert out.backend == pol.generator.name == generation.choose_backend(params.eval.backend, param="eval.backend")
     # the same engine, prompts and seed draw the same candidates (the seed covers the whole call)

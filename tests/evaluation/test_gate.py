@@ -115,6 +115,14 @@ def test_gate_settings_are_checked_against_eval():
         validate({"eval": {"gate": {"judge": "llm"}}})
     with pytest.raises(ValueError, match="max_ifeval_prompts"):
         validate({"eval": {"max_ifeval_prompts": 0, "gate": {"min_ifeval_delta": 0.0}}})
+    # eval.seeds: distinct, and only with sampling (greedy answers are the same under every seed)
+    with pytest.raises(ValueError, match="repeats a seed"):
+        validate({"eval": {"seeds": [1, 1]}})
+    with pytest.raises(ValueError, match="temperature 0"):
+        validate({"eval": {"seeds": [1, 2], "temperature": 0}})
+    with pytest.raises(ValueError, match="eval.seeds"):
+        validate({"eval": {"seeds": []}})
+    assert validate({"eval": {"seeds": [3, 4]}}).eval.seeds == [3, 4]
 
 
 def test_bad_baseline():

@@ -41,3 +41,19 @@ def test_metrics_name_every_model_and_compare_the_candidate():
     assert metrics["winrate_verifier_vs_sft"] == 0.75
     assert table["per_type"] == {"punctuation:no_comma": {"sft": (2, 0.0), "policy": (2, 0.5)}}
     assert IF.ifeval_metrics([], {"sft": []}, "policy", 10, 0) == ({}, {})
+
+
+def test_several_seeds_pool_answers_but_resample_prompts():
+    # Two prompts × two seeds (seed-major). Prompt 1 improves under seed 1 only, prompt 2 under both:
+    # per-prompt deltas [0.5, 1.0]; a 2-prompt bootstrap mean is 0.5, 0.75 or 1.0 -> CI [0.5, 1.0].
+    a = [v(True), v(True), v(False), v(True)]
+    b = [v(False), v(False), v(False), v(False)]
+    assert IF.paired_delta(a, b, n_boot=4000, seed=0, n_seeds=2) == (0.75, 0.5, 1.0)
+    recs = [{"prompt": [{"role": "user", "content": "Say hi. In your entire response, refrain from the use of any "
+                                                    "commas."}], "constraints": [{"id": "punctuation:no_comma"}]}] * 4
+    metrics, _ = IF.ifeval_metrics(recs, {"sft": ["a, b"] * 4, "policy": ["a b", "a b", "a, b", "a b"]},
+                                   "policy", n_boot=200, seed=1, n_seeds=2)
+    assert metrics["ifeval_strict_policy"] == 0.75 and metrics["ifeval_delta_vs_sft"] == 0.75
+    # per-seed strict accuracy of the policy: seed 1 = 1.0, seed 2 = 0.5 -> std 0.5/sqrt(2)
+    assert metrics["ifeval_strict_policy_seed_std"] == pytest.approx(0.5 / 2 ** 0.5)
+    assert metrics["ifeval_strict_sft_seed_std"] == 0.0

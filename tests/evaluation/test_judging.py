@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 
+from alignflow.evaluation import metrics as M
 from alignflow.evaluation.evaluate import Generated, judge_outcomes
 from alignflow.rlhf.judges import LLMJudge, ScoringJudge
 
@@ -25,13 +26,14 @@ def records(*prompts):
     return [{"prompt": [{"role": "user", "content": p}]} for p in prompts]
 
 
-def test_pairwise_llm_judge_outcomes_are_position_debiased_and_drop_no_verdicts():
+def test_pairwise_llm_judge_outcomes_are_position_debiased_and_mark_no_verdicts():
     judge = LLMJudge(PrefersLonger(), max_retries=0)
     recs = records("q1", "q2", "q3", "a mystery")
     cand = Generated("policy", ["long answer", "x", "same", "long answer"], [True] * 4, [])
     sft = Generated("sft", ["short", "longer one", "same", "short"], [True] * 4, [])
     out = judge_outcomes(judge, recs, cand, sft)
-    assert out.tolist() == [1.0, 0.0, 0.5]  # the 'mystery' prompt has no verdict: dropped, not guessed
+    assert out[:3].tolist() == [1.0, 0.0, 0.5] and np.isnan(out[3])  # no verdict: NaN, not guessed
+    assert M.prompt_means(out).tolist() == [1.0, 0.0, 0.5]  # ... and left out of the win rate
 
 
 class ByScore(ScoringJudge):
@@ -41,8 +43,8 @@ class ByScore(ScoringJudge):
         return [float(r) for r in responses]
 
 
-def test_scoring_judge_outcomes_use_stored_scores_and_skip_nan():
+def test_scoring_judge_outcomes_use_stored_scores_and_mark_nan():
     cand = Generated("policy", [], [], [], judge_scores=[0.9, 0.1, 0.5, float("nan")])
     sft = Generated("sft", [], [], [], judge_scores=[0.2, 0.3, 0.5, 0.1])
     out = judge_outcomes(ByScore(), records("a", "b", "c", "d"), cand, sft)
-    assert np.array_equal(out, [1.0, 0.0, 0.5])
+    assert np.array_equal(out, [1.0, 0.0, 0.5, np.nan], equal_nan=True)

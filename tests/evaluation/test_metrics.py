@@ -135,3 +135,15 @@ def test_refusal_phrases_come_from_the_rank_judges(monkeypatch):
 def test_chinese_signs():
     assert M.is_refusal("抱歉，我无法回答这个问题。") and M.is_apology("对不起")
     assert M.phrase_flags("1、一\n2、二\n3、三\n总而言之，很好。")["list_overall"]
+
+
+def test_prompt_means_average_a_prompts_seeds_and_seed_std_is_the_spread_of_per_seed_means():
+    # Two seeds × three prompts, seed-major: seed 1 = [1, 0, nan], seed 2 = [0, 0, nan] (prompt 3: no verdict)
+    outcomes = [1, 0, np.nan, 0, 0, np.nan]
+    assert M.prompt_means(outcomes, 2).tolist() == [0.5, 0.0]
+    assert M.prompt_means([1, np.nan, 0.5]).tolist() == [1.0, 0.5]
+    # per-seed means 0.5 and 0.0 -> sample std = 0.5 / sqrt(2)
+    assert M.seed_std(outcomes, 2) == pytest.approx(0.5 / math.sqrt(2))
+    assert math.isnan(M.seed_std([1, 0], 1))
+    with pytest.raises(ValueError, match="not 2 seeds"):
+        M.prompt_means([1, 0, 1], 2)

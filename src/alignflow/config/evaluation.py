@@ -60,6 +60,11 @@ class EvalParams(Section):
     include_base: bool = True  # also generate with params.model.base (untuned) for context
     compare_champion: bool = True  # compare with the registry's `champion` of alignflow-policy
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for win-rate CIs (0 = none)")
+    # Repeated generation: every model answers every prompt once per seed (null = once, with the
+    # top-level seed). Costs len(seeds)× the generation time; in return the numbers average over
+    # sampling noise, the CIs still resample prompts (a prompt's seeds averaged), and every
+    # compared number gains *_seed_std: how much it moves when only the seed changes.
+    seeds: list[int] | None = Field(None, min_length=1)
     report_examples: int = Field(8, ge=0, description="side-by-side examples in reports/eval.html")
     gate: GateParams = GateParams()
 
@@ -75,6 +80,11 @@ class EvalParams(Section):
         if (gate.judge == "verifier" or gate.min_ifeval_delta is not None) and not self.max_ifeval_prompts:
             problems.append("gate: the verifier judge and min_ifeval_delta need constraint prompts; "
                             "set eval.max_ifeval_prompts > 0")
+        if self.seeds and len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"seeds: {self.seeds} repeats a seed (it would count the same answers twice)")
+        if self.seeds and len(self.seeds) > 1 and self.temperature == 0:
+            problems.append("seeds: several seeds with temperature 0 (greedy) give the same answers every time; "
+                            "set eval.temperature > 0 or one seed")
         llm = params.rank.llm
         if self.judge == "llm" and llm.backend == "http" and not llm.base_url:
             problems.append("judge: 'llm' uses rank.llm, which needs rank.llm.base_url (http) or rank.llm.backend: local")

@@ -2,7 +2,7 @@
 
 On held-out prompts never seen in training (data/formatted/*_test.jsonl):
 1. generate with the base model, SFT, the aligned policy (the candidate) and the registry's
-   `champion` (same prompts, same sampling seed);
+   `champion` (same prompts, same sampling seed; with eval.seeds, once per seed);
 2. score every response with the reward model and with an independent judge (eval.judge: the
    rank stage's `reference` or `llm` judge — the reward model alone is not trusted to grade
    what was optimized against it); win rates candidate vs SFT / champion with bootstrap CIs;
@@ -25,6 +25,7 @@ report (`_write_report`, the one call of report.render_html) and reports/.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,14 @@ from alignflow.evaluation import gate as gate_mod
 from alignflow.evaluation import instruction_following as IF
 from alignflow.evaluation import metrics as M
 from alignflow.evaluation import report
-from alignflow.evaluation.generations import CANDIDATE, BestOfN, Generated, generate_all, generate_models
+from alignflow.evaluation.generations import (
+    CANDIDATE,
+    BestOfN,
+    Generated,
+    eval_seeds,
+    generate_all,
+    generate_models,
+)
 from alignflow.evaluation.inputs import (
     HARMFUL_TEST,
     POLICY_DIR,
@@ -82,6 +90,10 @@ def run(params: Params, tracker) -> dict[str, Any]:
     inputs = load_inputs(ep)
     metrics: dict[str, Any] = {"n_prompts": len(inputs.records), "n_harmful_prompts": len(inputs.harmful_records),
                                "n_pairs": len(inputs.pairs), "n_ifeval_prompts": len(inputs.constrained_records)}
+    seeds = eval_seeds(params)
+    if len(seeds) > 1:  # every prompt answered once per seed; the CIs still resample prompts
+        inputs = inputs.repeated(len(seeds))
+        metrics["n_eval_seeds"] = len(seeds)
     candidate_version = champion = None
     if params.tracking.register_models:
         from alignflow.evaluation import registry
@@ -103,7 +115,7 @@ def run(params: Params, tracker) -> dict[str, Any]:
     metrics.update(descriptive_metrics(gens))
     metrics.update(M.diagnostics_vs(gens[CANDIDATE].responses, gens["sft"].responses, "sft"))
     if_metrics, ifeval = IF.ifeval_metrics(inputs.constrained_records, {n: g.constrained for n, g in gens.items()},
-                                           CANDIDATE, ep.bootstrap, params.seed)
+                                           CANDIDATE, ep.bootstrap, params.seed, inputs.n_seeds)
     metrics.update(if_metrics)
 
     # --- the promotion gate, plots, report, registry
@@ -114,7 +126,8 @@ def run(params: Params, tracker) -> dict[str, Any]:
     report.write_rewards_csv([(g.name, n, r) for g in gens.values() for n, r in zip(g.lengths, g.rewards)])
     report.write_headline(metrics)  # metrics/headline.json: the DVC metrics (`dvc exp show`)
     baseline_version = str(metrics["champion_version"]) if "champion" in gens else None
-    rows = _generation_rows(inputs.records, inputs.harmful_records, gens, inputs.constrained_records, ifeval)
+    rows = _generation_rows(inputs.records, inputs.harmful_records, gens, inputs.constrained_records, ifeval,
+                            seeds)
     with atomic_dir(REPORTS_DIR) as out:
         gate_record = gate_mod.record_decision(decision, candidate_version, baseline_version,
                                                out_path=out / "gate.json", tracker=tracker, profile=params.profile,
@@ -131,10 +144,15 @@ def run(params: Params, tracker) -> dict[str, Any]:
 
 
 def _generation_rows(records, harmful_recs, gens: dict[str, Generated], constrained_recs=(),
-                     ifeval: dict | None = None) -> list[dict]:
+                     ifeval: dict | None = None, seeds: Sequence[int] = (0,)) -> list[dict]:
+    """One row per prompt and seed (the lists are seed-major: EvalInputs.repeated)."""
+    def seed_of(i: int, n: int) -> int:
+        return seeds[i * len(seeds) // n]
+
     rows = []
     for i, rec in enumerate(records):
-        rows.append({"prompt_id": rec.get("id"), "split": "benign", "prompt": rec["prompt"],
+        rows.append({"prompt_id": rec.get("id"), "split": "benign", "seed": seed_of(i, len(records)),
+                     "prompt": rec["prompt"],
                      "reference": rec.get("reference"),
                      "responses": {n: g.responses[i] for n, g in gens.items()},
                      "finished": {n: g.finished[i] for n, g in gens.items()},
@@ -142,11 +160,13 @@ def _generation_rows(records, harmful_recs, gens: dict[str, Generated], constrai
         if all(g.judge_scores for g in gens.values()):  # scoring judges; a pairwise (llm) judge has none
             rows[-1]["judge_scores"] = {n: g.judge_scores[i] for n, g in gens.items()}
     for i, rec in enumerate(harmful_recs):
-        rows.append({"prompt_id": rec.get("id"), "split": "harmful", "prompt": rec["prompt"],
+        rows.append({"prompt_id": rec.get("id"), "split": "harmful", "seed": seed_of(i, len(harmful_recs)),
+                     "prompt": rec["prompt"],
                      "responses": {n: g.harmful[i] for n, g in gens.items()}})
     verdicts = (ifeval or {}).get("verdicts", {})
     for i, rec in enumerate(constrained_recs):
-        rows.append({"prompt_id": rec.get("id"), "split": "ifeval", "prompt": rec["prompt"],
+        rows.append({"prompt_id": rec.get("id"), "split": "ifeval", "seed": seed_of(i, len(constrained_recs)),
+                     "prompt": rec["prompt"],
                      "constraints": rec["constraints"],
                      "responses": {n: g.constrained[i] for n, g in gens.items()},
                      "followed": {n: list(vs[i].strict) for n, vs in verdicts.items()}})
@@ -159,7 +179,7 @@ def generation_table(rows: list[dict]) -> list[dict]:
     for row in rows:
         for model, response in row["responses"].items():
             table.append({
-                "prompt_id": row["prompt_id"], "split": row["split"], "model": model,
+                "prompt_id": row["prompt_id"], "split": row["split"], "seed": row.get("seed"), "model": model,
                 "prompt": _prompt_text(row["prompt"]), "response": response,
                 "judge_score": (row.get("judge_scores") or {}).get(model),
                 "reward": (row.get("rewards") or {}).get(model),

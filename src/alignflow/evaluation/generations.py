@@ -1,5 +1,5 @@
 """eval's generations: every model (base, SFT, candidate, champion) answers the same benign,
-harmful and verifiable-constraint prompts with the same sampling seed, one model (pair) in memory
+harmful and verifiable-constraint prompts with the same sampling seed(s) (eval.seeds), one model (pair) in memory
 at a time."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import gc
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,18 +46,42 @@ class Generated:
         return [len(M.words(r)) for r in self.responses]
 
 
+def seed_list(seeds: int | Sequence[int]) -> list[int]:
+    return [seeds] if isinstance(seeds, int) else list(seeds)
+
+
+def seed_chunks(prompts: Sequence, seeds: list[int]):
+    """(seed, its prompts) from a seed-major list (EvalInputs.repeated): the j-th 1/len(seeds) of it."""
+    n = len(prompts) // len(seeds)
+    return [(seed, prompts[j * n:(j + 1) * n]) for j, seed in enumerate(seeds)]
+
+
 def generate_all(name: str, generator, benign: list[list[dict]], harmful: list[list[dict]],
-                 ep, seed: int, constrained: list[list[dict]] = ()) -> Generated:
-    """One model's answers to the benign, harmful and constraint prompts, in one batched call."""
+                 ep, seeds: int | Sequence[int], constrained: list[list[dict]] = ()) -> Generated:
+    """One model's answers to the benign, harmful and constraint prompts, one batched call per
+    sampling seed. With several seeds the prompt lists are seed-major (EvalInputs.repeated)."""
     started = time.perf_counter()
-    prompts = [*benign, *harmful, *constrained]
-    gens = [g[0] for g in generator.generate_with_details(
-        prompts, n=1, max_new_tokens=ep.max_new_tokens, temperature=ep.temperature, top_p=ep.top_p, seed=seed,
-        batch_size=ep.batch_size, progress=True)] if prompts else []
-    b, h = len(benign), len(benign) + len(harmful)
-    log.info("%s: %d generations with %s in %.1fs", name, len(gens), generator.name, time.perf_counter() - started)
-    return Generated(name, [g.text for g in gens[:b]], [g.finished for g in gens[:b]], [g.text for g in gens[b:h]],
-                     backend=generator.name, constrained=[g.text for g in gens[h:]])
+    seeds = seed_list(seeds)
+    out = Generated(name, [], [], [], backend=generator.name)
+    for (seed, b), (_, h), (_, c) in zip(*(seed_chunks(x, seeds) for x in (benign, harmful, constrained))):
+        prompts = [*b, *h, *c]
+        gens = [g[0] for g in generator.generate_with_details(
+            prompts, n=1, max_new_tokens=ep.max_new_tokens, temperature=ep.temperature, top_p=ep.top_p, seed=seed,
+            batch_size=ep.batch_size, progress=True)] if prompts else []
+        nb, nh = len(b), len(b) + len(h)
+        out.responses += [g.text for g in gens[:nb]]
+        out.finished += [g.finished for g in gens[:nb]]
+        out.harmful += [g.text for g in gens[nb:nh]]
+        out.constrained += [g.text for g in gens[nh:]]
+    log.info("%s: %d generations (%d seed(s)) with %s in %.1fs", name,
+             len(out.responses) + len(out.harmful) + len(out.constrained), len(seeds), generator.name,
+             time.perf_counter() - started)
+    return out
+
+
+def eval_seeds(params: Params) -> list[int]:
+    """The sampling seeds every model answers with: eval.seeds, else the top-level seed."""
+    return list(params.eval.seeds or [params.seed])
 
 
 def eval_backend(params: Params) -> str:
@@ -87,15 +112,20 @@ class BestOfN:
                                              compute_type=params.model.engine_compute_type)
         self.n = self.policy.n
 
-    def generate(self, name: str, benign, harmful, ep, seed: int, constrained=()) -> Generated:
+    def generate(self, name: str, benign, harmful, ep, seeds: int | Sequence[int], constrained=()) -> Generated:
         from alignflow.rlhf.judges import rule_penalties
 
-        texts = self.policy.generate([*benign, *harmful, *constrained], max_new_tokens=ep.max_new_tokens, seed=seed,
-                                     batch_size=ep.batch_size)
-        nb, nh = len(benign), len(benign) + len(harmful)
-        b = texts[:nb]
-        return Generated(name, b, [not rule_penalties(t)["truncated"] for t in b], texts[nb:nh],
-                         backend=self.policy.generator.name, constrained=texts[nh:])
+        seeds = seed_list(seeds)
+        out = Generated(name, [], [], [], backend=self.policy.generator.name)
+        for (seed, b), (_, h), (_, c) in zip(*(seed_chunks(x, seeds) for x in (benign, harmful, constrained))):
+            texts = self.policy.generate([*b, *h, *c], max_new_tokens=ep.max_new_tokens, seed=seed,
+                                         batch_size=ep.batch_size)
+            nb, nh = len(b), len(b) + len(h)
+            out.responses += texts[:nb]
+            out.finished += [not rule_penalties(t)["truncated"] for t in texts[:nb]]
+            out.harmful += texts[nb:nh]
+            out.constrained += texts[nh:]
+        return out
 
 
 def hf_model(generator, params: Params):
@@ -130,8 +160,9 @@ def _generate_champion(cdir: Path, params: Params, benign, harmful, constrained)
     ep = params.eval
     cmeta = read_meta(cdir) or {}
     if cmeta.get("kind") == "best_of_n":
-        return BestOfN(cdir, params).generate("champion", benign, harmful, ep, params.seed, constrained)
-    return generate_all("champion", generator_for(str(cdir), params), benign, harmful, ep, params.seed, constrained)
+        return BestOfN(cdir, params).generate("champion", benign, harmful, ep, eval_seeds(params), constrained)
+    return generate_all("champion", generator_for(str(cdir), params), benign, harmful, ep, eval_seeds(params),
+                        constrained)
 
 
 def generate_models(params: Params, inputs: EvalInputs, champion: RegisteredVersion | None,
@@ -142,26 +173,26 @@ def generate_models(params: Params, inputs: EvalInputs, champion: RegisteredVers
     `champion`: the registry's `champion` version as eval read it at its start (None: none)."""
     from alignflow.models import ModelSpecError, read_meta
 
-    ep, seed = params.eval, params.seed
+    ep, seeds = params.eval, eval_seeds(params)
     benign, harmful, pairs, constrained = inputs.benign, inputs.harmful, inputs.pairs, inputs.constrained
     gens: dict[str, Generated] = {}
     if ep.include_base:
-        gens["base"] = generate_all("base", generator_for(params.model.base, params), benign, harmful, ep, seed,
+        gens["base"] = generate_all("base", generator_for(params.model.base, params), benign, harmful, ep, seeds,
                                     constrained)
         gc.collect()
 
     sft = generator_for(str(SFT_DIR), params)
-    gens["sft"] = generate_all("sft", sft, benign, harmful, ep, seed, constrained)
+    gens["sft"] = generate_all("sft", sft, benign, harmful, ep, seeds, constrained)
     if (read_meta(POLICY_DIR) or {}).get("kind") == "best_of_n":
         bon = BestOfN(POLICY_DIR, params)
-        candidate = bon.generate(CANDIDATE, benign, harmful, ep, seed, constrained)
+        candidate = bon.generate(CANDIDATE, benign, harmful, ep, seeds, constrained)
         metrics["kl_vs_sft"] = M.best_of_n_kl_bound(bon.n)  # vs its sampling policy (the SFT)
         notes.append(f"best-of-{bon.n} candidate: kl_vs_sft is the analytic bound log n − (n−1)/n; "
                      "no implicit accuracy (no trained log-ratio)")
         del bon
     else:
         policy = generator_for(str(POLICY_DIR), params)
-        candidate = generate_all(CANDIDATE, policy, benign, harmful, ep, seed, constrained)
+        candidate = generate_all(CANDIDATE, policy, benign, harmful, ep, seeds, constrained)
         # Log-probs on the engine that generated (an HF model, or CTranslate2's scorer: the same
         # numbers within 1e-3, 1.2-1.9x faster), in one engine for policy and SFT alike.
         on_engine = policy.name == sft.name == "ct2"  # else one fell back to HF: score both there

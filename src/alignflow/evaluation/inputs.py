@@ -80,6 +80,13 @@ class EvalInputs:
     harmful_records: list[dict]
     pairs: list[dict]  # held-out human preference pairs
     constrained_records: list[dict] = field(default_factory=list)  # verifiable-constraint prompts
+    n_seeds: int = 1  # > 1: each prompt list is its prompts once per eval seed, seed-major
+
+    def repeated(self, n_seeds: int) -> EvalInputs:
+        """The prompts once per seed (seed-major: all prompts for the first seed, then the next),
+        the layout of eval's generations with eval.seeds; the pairs are scored, not generated."""
+        return EvalInputs(self.records * n_seeds, self.harmful_records * n_seeds, self.pairs,
+                          self.constrained_records * n_seeds, self.n_seeds * n_seeds)
 
     @property
     def constrained(self) -> list[list[dict]]:

@@ -41,10 +41,12 @@ def per_type(vs: Sequence[Verdict]) -> dict[str, tuple[int, float]]:
     return {t: (len(oks), float(np.mean(oks))) for t, oks in sorted(seen.items())}
 
 
-def paired_delta(a: Sequence[Verdict], b: Sequence[Verdict], n_boot: int, seed: int) -> tuple[float, float, float]:
+def paired_delta(a: Sequence[Verdict], b: Sequence[Verdict], n_boot: int, seed: int,
+                 n_seeds: int = 1) -> tuple[float, float, float]:
     """Mean of a's minus b's prompt-level strict pass over the same prompts, with a percentile
-    bootstrap 95% CI resampling prompts (paired: the same prompt's two outcomes move together)."""
-    diffs = np.array([float(x.all_strict) - float(y.all_strict) for x, y in zip(a, b)])
+    bootstrap 95% CI resampling prompts (paired: the same prompt's two outcomes move together;
+    with several eval seeds a prompt's outcome is the mean over its seeds)."""
+    diffs = M.prompt_means([float(x.all_strict) - float(y.all_strict) for x, y in zip(a, b)], n_seeds)
     if not diffs.size:
         return float("nan"), float("nan"), float("nan")
     lo, hi = M.bootstrap_ci(diffs, n_boot=n_boot, seed=seed) if n_boot else (float("nan"), float("nan"))
@@ -52,9 +54,12 @@ def paired_delta(a: Sequence[Verdict], b: Sequence[Verdict], n_boot: int, seed: 
 
 
 def ifeval_metrics(records: Sequence[dict], responses: dict[str, Sequence[str]], candidate: str,
-                   n_boot: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                   n_boot: int, seed: int, n_seeds: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
     """metrics/eval.json's ifeval_* keys, and the report's table: {"per_type": {type: {model:
-    (n, acc)}}, "accuracy": {model: accuracy()}, "verdicts": {model: [Verdict]}}."""
+    (n, acc)}}, "accuracy": {model: accuracy()}, "verdicts": {model: [Verdict]}}.
+
+    `n_seeds` > 1: records and responses are seed-major (every prompt once per eval seed); the
+    accuracies pool the seeds, the CIs resample prompts, and *_seed_std is the spread over seeds."""
     if not records:
         return {}, {}
     by_model = {name: verdicts(records, texts) for name, texts in responses.items()}
@@ -63,18 +68,25 @@ def ifeval_metrics(records: Sequence[dict], responses: dict[str, Sequence[str]],
     for name, acc in accs.items():
         metrics[f"ifeval_strict_{name}"] = acc["strict"]
         metrics[f"ifeval_loose_{name}"] = acc["loose"]
+        if n_seeds > 1:
+            metrics[f"ifeval_strict_{name}_seed_std"] = M.seed_std([v.all_strict for v in by_model[name]], n_seeds)
     for other in ("sft", "champion"):
         if other in by_model and candidate in by_model:
-            d, lo, hi = paired_delta(by_model[candidate], by_model[other], n_boot, seed)
+            cand, base = by_model[candidate], by_model[other]
+            d, lo, hi = paired_delta(cand, base, n_boot, seed, n_seeds)
             metrics.update({f"ifeval_delta_vs_{other}": d, f"ifeval_delta_vs_{other}_ci_low": lo,
                             f"ifeval_delta_vs_{other}_ci_high": hi})
             # the verifier as a judge: per prompt, the candidate wins when it follows a larger
             # share of the constraints (ties ½), the gate's win rate when gate.judge is verifier
-            outcomes = M.pairwise_outcomes([v.fraction_strict for v in by_model[candidate]],
-                                           [v.fraction_strict for v in by_model[other]])
-            lo, hi = M.bootstrap_ci(outcomes, n_boot=n_boot, seed=seed) if n_boot else (float("nan"),) * 2
-            metrics.update({f"winrate_verifier_vs_{other}": float(outcomes.mean()),
+            outcomes = M.pairwise_outcomes([v.fraction_strict for v in cand], [v.fraction_strict for v in base])
+            per_prompt = M.prompt_means(outcomes, n_seeds)
+            lo, hi = M.bootstrap_ci(per_prompt, n_boot=n_boot, seed=seed) if n_boot else (float("nan"),) * 2
+            metrics.update({f"winrate_verifier_vs_{other}": float(per_prompt.mean()),
                             f"winrate_verifier_vs_{other}_ci_low": lo, f"winrate_verifier_vs_{other}_ci_high": hi})
+            if n_seeds > 1:
+                metrics[f"ifeval_delta_vs_{other}_seed_std"] = M.seed_std(
+                    [float(x.all_strict) - float(y.all_strict) for x, y in zip(cand, base)], n_seeds)
+                metrics[f"winrate_verifier_vs_{other}_seed_std"] = M.seed_std(outcomes, n_seeds)
     table: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
     for name, vs in by_model.items():
         for type_id, cell in per_type(vs).items():

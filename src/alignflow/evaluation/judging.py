@@ -39,16 +39,15 @@ def rm_pair_accuracy(rm, rm_tok, pairs: list[dict], ep) -> float:
 
 
 def judge_outcomes(judge, records: list[dict], cand: Generated, other: Generated) -> np.ndarray:
-    """Per prompt: 1 candidate better, 0 worse, ½ tie; prompts without a verdict are dropped."""
+    """Per prompt: 1 candidate better, 0 worse, ½ tie, NaN where the judge gave no verdict (kept in
+    place, so outcomes stay aligned with the prompts; M.prompt_means drops them)."""
     from alignflow.rlhf.judges import ScoringJudge
 
     if isinstance(judge, ScoringJudge):  # scored once per response: hard outcomes on the score gap
         a, b = np.asarray(cand.judge_scores, float), np.asarray(other.judge_scores, float)
-        keep = ~(np.isnan(a) | np.isnan(b))
-        return M.pairwise_outcomes(a[keep], b[keep])
-    probs = [judge.compare(rec["prompt"], x, y, rec.get("reference"))
-             for rec, x, y in zip(records, cand.responses, other.responses)]
-    return np.asarray([p for p in probs if not math.isnan(p)], float)
+        return np.where(np.isnan(a) | np.isnan(b), np.nan, M.pairwise_outcomes(a, b))
+    return np.asarray([judge.compare(rec["prompt"], x, y, rec.get("reference"))
+                       for rec, x, y in zip(records, cand.responses, other.responses)], float)
 
 
 def score_with_reward_model(params: Params, inputs: EvalInputs, gens: dict[str, Generated], metrics: dict) -> None:
@@ -78,11 +77,12 @@ def judge_and_compare(params: Params, inputs: EvalInputs, gens: dict[str, Genera
                                  finished=[g.finished[i] for g in gens.values()])
             for g, s in zip(gens.values(), scores):
                 g.judge_scores.append(float(s))
-    return _winrates(metrics, gens, inputs.records, judge, params.eval, params.seed)
+    return _winrates(metrics, gens, inputs.records, judge, params.eval, params.seed, inputs.n_seeds)
 
 
-def _winrates(metrics: dict, gens: dict[str, Generated], records, judge, ep, seed: int):
-    """winrate_{rm,judge}_vs_{sft,champion,base} (+ bootstrap CIs) into `metrics`; the plot rows."""
+def _winrates(metrics: dict, gens: dict[str, Generated], records, judge, ep, seed: int, n_seeds: int = 1):
+    """winrate_{rm,judge}_vs_{sft,champion,base} (+ bootstrap CIs over prompts, and the spread
+    over eval.seeds) into `metrics`; the plot rows."""
     cand = gens[CANDIDATE]
     winrates: dict[str, float] = {}
     cis: dict[str, tuple[float, float]] = {}
@@ -95,11 +95,14 @@ def _winrates(metrics: dict, gens: dict[str, Generated], records, judge, ep, see
             else:
                 outcomes = judge_outcomes(judge, records, cand, gens[other])
             key = f"winrate_{scorer}_vs_{other}"
-            value = float(outcomes.mean()) if outcomes.size else math.nan
+            per_prompt = M.prompt_means(outcomes, n_seeds)
+            value = float(per_prompt.mean()) if per_prompt.size else math.nan
             metrics[key] = value
-            metrics[f"{key}_n"] = int(outcomes.size)
-            if ep.bootstrap and outcomes.size:
-                lo, hi = M.bootstrap_ci(outcomes, n_boot=ep.bootstrap, seed=seed)
+            metrics[f"{key}_n"] = int(per_prompt.size)
+            if n_seeds > 1:
+                metrics[f"{key}_seed_std"] = M.seed_std(outcomes, n_seeds)
+            if ep.bootstrap and per_prompt.size:
+                lo, hi = M.bootstrap_ci(per_prompt, n_boot=ep.bootstrap, seed=seed)
                 metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = lo, hi
                 cis[f"{CANDIDATE} vs {other} ({scorer})"] = (lo, hi)
             winrates[f"{CANDIDATE} vs {other} ({scorer})"] = value

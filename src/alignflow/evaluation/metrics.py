@@ -48,6 +48,30 @@ def bootstrap_ci(
     return (float(lo), float(hi))
 
 
+def prompt_means(outcomes: Sequence[float], n_seeds: int = 1) -> np.ndarray:
+    """Per-prompt outcomes from eval's seed-major layout (every prompt once per seed): the mean of
+    a prompt's seeds, so a bootstrap resamples prompts, not draws. NaN (no verdict) is skipped; a
+    prompt with no verdict at all is dropped."""
+    x = np.asarray(outcomes, dtype=float)
+    if n_seeds > 1:
+        if x.size % n_seeds:
+            raise ValueError(f"{x.size} outcomes are not {n_seeds} seeds of the same prompts")
+        x = x.reshape(n_seeds, -1)
+        seen = ~np.isnan(x)
+        x = np.where(seen.any(axis=0), np.nansum(x, axis=0) / np.maximum(seen.sum(axis=0), 1), np.nan)
+    return x[~np.isnan(x)]
+
+
+def seed_std(outcomes: Sequence[float], n_seeds: int) -> float:
+    """The standard deviation over seeds of the per-seed mean outcome (NaN for one seed): how much a
+    number moves when only the sampling seed changes."""
+    x = np.asarray(outcomes, dtype=float)
+    if n_seeds < 2 or x.size % n_seeds:
+        return math.nan
+    per_seed = [np.nanmean(row) if not np.isnan(row).all() else math.nan for row in x.reshape(n_seeds, -1)]
+    return float(np.nanstd(per_seed, ddof=1))
+
+
 # ----------------------------------------------------------------------------- diversity, length
 
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
