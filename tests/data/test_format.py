@@ -89,9 +89,17 @@ def test_constraint_prompts_stay_in_their_instructions_split_and_are_checkable()
         assert {r["id"].removesuffix("-if") for r in constrained} == set(base)  # no record changes split
         for rec in constrained:
             instruction = base[rec["id"].removesuffix("-if")]["prompt"][-1]["content"]
-            assert rec["prompt"][-1]["content"].startswith(instruction) and "reference" not in rec
+            assert rec["prompt"][-1]["content"].startswith(instruction)
+            if split == "test":  # held-out prompts are only answered: no demonstration
+                assert "reference" not in rec
+            elif "reference" in rec:  # a demonstration: the reference rewritten, and the checkers pass it
+                assert verifiable.verify(rec["reference"], rec["constraints"], rec["prompt"][-1]["content"]).all_strict
             assert 1 <= len(rec["constraints"]) <= p.constraints.max_per_prompt
             verifiable.verify("some answer", rec["constraints"])  # every stored constraint is checkable
+    demos = [r for r in out["prompts_ifeval_train"] if "reference" in r]
+    assert 0 < len(demos) < len(out["prompts_ifeval_train"])  # e.g. no rewrite adds keywords
+    off = fmt.build_outputs(convs, [], [], FormatParams(splits=p.splits, constraints={"demonstrations": False}), seed=3)
+    assert not any("reference" in r for r in off["prompts_ifeval_train"])
     counts = Counter(len(r["constraints"]) for r in out["prompts_ifeval_train"])
     assert set(counts) == {1, 2}
     again = fmt.build_outputs(convs, [], [], p, seed=3)

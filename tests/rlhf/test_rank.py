@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from alignflow.config import validate
-from alignflow.io import read_jsonl, write_jsonl
+from alignflow.io import InputError, read_jsonl, write_jsonl
 from alignflow.rlhf import rank
 
 
@@ -128,3 +130,24 @@ def test_verifier_judge_pairs_followers_over_breakers_and_falls_back_elsewhere(t
                                 "human_weight": 0.0, "val_fraction": 0.0}})
     rank.run(params, tracker)
     assert all("commas" in p["prompt"][0]["content"] for p in read_jsonl("data/prefs/train.jsonl"))
+
+
+def test_verifier_prefers_a_constraint_prompts_demonstration_over_samples_that_break_it(tmp_path, monkeypatch, tracker):
+    """rank.verifier.demonstrations: format's checked rewrite of the reference (the record's
+    `reference`) joins the samples as a finished candidate and is chosen over every sample that
+    follows fewer constraints; off, only the samples pair."""
+    monkeypatch.chdir(tmp_path)
+    samples = [{"prompt_id": "c1", "prompt": [{"role": "user", "content": "Describe Paris in all lowercase."}],
+                "responses": ["Paris is old.", "paris is old.", "Paris is big."], "finished": [True, False, True],
+                "reference": "paris is the capital of france.",
+                "constraints": [{"id": "change_case:english_lowercase", "kwargs": {}}]}]
+    write_jsonl("data/samples/samples.jsonl", samples)
+    base = {"judge": ["verifier"], "min_margin": 0.05, "human_weight": 0.0, "val_fraction": 0.0}
+    metrics = rank.run(validate({"rank": base}), tracker)
+    pairs = {(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in read_jsonl("data/prefs/train.jsonl")}
+    # the unfinished lowercase sample is never chosen (rank.finished_chosen_only); the demonstration is
+    assert pairs == {("paris is the capital of france.", "Paris is old."),
+                     ("paris is the capital of france.", "Paris is big.")}
+    assert metrics["pairs_demonstration"] == 2 and metrics["verifier.followed_all"] == 2
+    with pytest.raises(InputError, match="no preference pairs"):  # without it: nothing finished to prefer
+        rank.run(validate({"rank": {**base, "verifier": {"demonstrations": False}}}), tracker)

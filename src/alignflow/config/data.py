@@ -229,6 +229,10 @@ class ConstraintParams(Section):
                              description="IFEval constraint ids to draw from (alignflow.verifiable.SUPPORTED)")
     max_per_prompt: int = Field(2, ge=1, le=4, description="each prompt gets 1..max_per_prompt constraints")
     tasks: list[str] | None = Field(None, description="instruction tasks to constrain; null = every SFT task, [] = none")
+    # Train/val constraint prompts carry `reference`: the instruction's reference answer rewritten
+    # to follow the constraints, when IFEval's checkers pass the rewrite (alignflow.data.demonstrations);
+    # rank's verifier judge can prefer it over the policy's samples (rank.verifier.demonstrations).
+    demonstrations: bool = True
 
     @field_validator("types")
     @classmethod

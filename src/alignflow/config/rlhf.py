@@ -65,6 +65,10 @@ class VerifierJudgeParams(Section):
 
     fallback: Literal["reference", "reward_model", "none"] = "reference"
     compare_scale: float = Field(0.5, gt=0.0, description="score gap (share of constraints) per reward-model logit")
+    # A constraint prompt's `reference` (format's demonstration: the reference answer rewritten to
+    # follow the constraints, checked) joins its samples as one more candidate, finished: the
+    # chosen side of a pair against every sample that follows fewer constraints.
+    demonstrations: bool = True
 
 
 class RankParams(Section):

@@ -9,7 +9,9 @@
   message lists, prompt records for sampling/PPO/eval with a `reference` when there is one.
 - Verifiable-instruction prompts (prompts_ifeval_*): each instruction, in its conversation's split,
   also appears with 1..`format.constraints.max_per_prompt` IFEval constraints appended and the
-  constraints stored (`constraints: [{id, kwargs}]`) for the checkers of eval, rank and align.
+  constraints stored (`constraints: [{id, kwargs}]`) for the checkers of eval, rank and align;
+  train/val ones carry as `reference` the reference answer rewritten to follow them, when the
+  checkers pass the rewrite (data/demonstrations.py).
 - Lengths are counted with the configured model's tokenizer and chat template; over-long
   examples are truncated (the answer is cut) or dropped by `format.over_long`; every drop goes
   to data/formatted/rejects.jsonl with its file, id and length, as in the other stages.
@@ -144,18 +146,26 @@ def prompt_example(rec: dict, system_prompt: str | None) -> dict:
     return {**out, **{k: rec[k] for k in PROV if k in rec}}
 
 
-def constrained_prompt(prompt: dict, p: ConstraintParams, seed: int) -> dict:
+def constrained_prompt(prompt: dict, p: ConstraintParams, seed: int, demonstrate: bool = False) -> dict:
     """The prompt record with verifiable constraints appended to its last (user) message.
 
     Which constraints and their parameters are a pure function of (seed, record id). The reference
-    answer is dropped: it was written without the constraints."""
+    answer was written without the constraints: with `demonstrate` (training splits, and
+    format.constraints.demonstrations) it becomes the reference rewritten to follow them when the
+    checkers pass the rewrite (data/demonstrations.py), else it is dropped."""
     from alignflow import verifiable
+    from alignflow.data.demonstrations import demonstrate as rewrite
 
     n = 1 + int(unit_hash(seed, "constraint-count", prompt["id"]) * p.max_per_prompt)
     constraints = verifiable.pick_constraints(p.types, n, int(unit_hash(seed, "constraints", prompt["id"]) * 2**31))
     last = prompt["prompt"][-1]
-    messages = [*prompt["prompt"][:-1], {**last, "content": verifiable.constrained_text(last["content"], constraints)}]
+    instruction = verifiable.constrained_text(last["content"], constraints)
+    messages = [*prompt["prompt"][:-1], {**last, "content": instruction}]
     out = {"id": f"{prompt['id']}-if", "prompt": messages, "constraints": [c.to_json() for c in constraints]}
+    if demonstrate and prompt.get("reference"):
+        demo = rewrite(prompt["reference"], out["constraints"], instruction)
+        if demo is not None:
+            out["reference"] = demo
     return {**out, **{k: prompt[k] for k in PROV if k in prompt}}
 
 
@@ -281,7 +291,8 @@ def build_outputs(conversations: list[dict], preferences: list[dict], prompts: l
         prompt = prompt_from_conversation(rec, sp)
         out[f"prompts_{split}"].append(prompt)
         if constrain is None or rec["task"] in constrain:
-            out[f"prompts_ifeval_{split}"].append(constrained_prompt(prompt, p.constraints, seed))
+            demonstrate = p.constraints.demonstrations and split != "test"  # test prompts are only ever answered
+            out[f"prompts_ifeval_{split}"].append(constrained_prompt(prompt, p.constraints, seed, demonstrate))
     for rec in preferences:
         split = split_of(rec["id"], rec["task"], seed, p.splits)
         out[f"prefs_{split}"].append(preference_example(rec, sp))
@@ -317,6 +328,7 @@ def run(params: Params, tracker) -> dict[str, Any]:
         stats["files"][name] = {
             "available": len(outputs[name]), "records": len(chosen), **dict(checker.counts[name]),
             "by_task": dict(sorted(Counter(r["task"] for r in chosen).items())),
+            **({"demonstrations": sum("reference" in r for r in chosen)} if name.startswith("prompts_ifeval") else {}),
             **length_stats([lengths[r["id"]] for r in chosen]),
         }
     for split in SPLITS:

@@ -127,6 +127,16 @@ def load_human_pairs(path: Path) -> list[dict]:
     return out
 
 
+def with_demonstration(rec: dict) -> dict:
+    """A constraint prompt's sample record with its demonstration (format's checked rewrite of the
+    reference, in `reference`) appended as one more finished candidate; other records unchanged."""
+    if not rec.get("constraints") or not rec.get("reference"):
+        return rec
+    finished = rec.get("finished") or [True] * len(rec["responses"])
+    return {**rec, "responses": [*rec["responses"], rec["reference"]], "finished": [*finished, True],
+            "demonstration": len(rec["responses"])}
+
+
 def score_all(judge, samples: list[dict]) -> list[list[float]]:
     out = []
     name = getattr(judge, "name", "")
@@ -146,12 +156,15 @@ def run(params, tracker) -> dict:
     started = time.perf_counter()
     rejects = RejectWriter("rank")  # malformed human annotations, each with its reason
     judges = [build_judge(name, params, samples, rejects) for name in cfg.judge]
-    all_scores = [score_all(j, samples) for j in judges]
+    candidates = samples  # the samples, plus each constraint prompt's demonstration for the verifier
+    if judges[0].name == "verifier" and cfg.verifier.demonstrations:
+        candidates = [with_demonstration(rec) for rec in samples]
+    all_scores = [score_all(j, candidates) for j in judges]
     judge_s = time.perf_counter() - started
 
     stats: Counter = Counter()
     judge_pairs, kto = [], []
-    for rec, scores in zip(samples, all_scores[0]):
+    for rec, scores in zip(candidates, all_scores[0]):
         finished = rec.get("finished") if cfg.finished_chosen_only else None
         kept, counts = make_pairs(scores, cfg.pairs, cfg.min_margin, cfg.tie_tolerance, can_be_chosen=finished)
         stats.update(counts)
@@ -163,6 +176,7 @@ def run(params, tracker) -> dict:
                 "rejected": rejected, "margin": round(margin_in_logits(judges[0], gap), 6),  # in logits
                 "task": rec.get("task", "general"), "source": source,
             })
+        stats["demonstration_pairs"] += sum(i == rec.get("demonstration") for i, _, _ in kept)
         if kept:  # KTO: the prompt's best response is desirable, its worst undesirable
             used = {i for p in kept for i in p[:2]}
             best, worst = max(used, key=lambda i: scores[i]), min(used, key=lambda i: scores[i])
@@ -213,6 +227,8 @@ def run(params, tracker) -> dict:
         "mean_margin": round(sum(margins) / len(margins), 4) if margins else 0.0,
         "judge_s": round(judge_s, 2),
     }
+    if candidates is not samples:
+        metrics["pairs_demonstration"] = stats["demonstration_pairs"]
     for judge in judges:
         for key, value in getattr(judge, "stats", {}).items():
             metrics[f"{judge.name}.{key}"] = value
