@@ -166,7 +166,22 @@ class SFTParams(TrainLoopParams):
         return problems
 
 
+class EmbeddingRewardParams(Section):
+    """reward.backbone: embedding: a linear Bradley–Terry head on frozen sentence embeddings."""
+
+    encoder: str | None = Field(None, description="a sentence-transformers directory; null = the embedded "
+                                                  "all-MiniLM-L6-v2 (the reference judge's)")
+    max_seq_length: int = Field(128, ge=8, description="tokens embedded per text (the encoder truncates)")
+    l2: float = Field(0.01, ge=0.0, description="L2 penalty on the head (mean-loss units)")
+    batch_size: int = Field(64, ge=1, description="texts per encoder batch")
+
+
 class RewardParams(TrainLoopParams):
+    # lm: a score head on a causal LM (reward.base), trained with TRL's RewardTrainer (the LoRA/full
+    # settings below); embedding: a linear head on a frozen sentence encoder (reward.embedding),
+    # every pair embedded once, then a convex fit: far more pairs per CPU-second.
+    backbone: Literal["lm", "embedding"] = "lm"
+    embedding: EmbeddingRewardParams = EmbeddingRewardParams()
     # The model the reward head goes on: models/sft by default (falls back to model.base when absent).
     base: str = "models/sft"
     max_length: int = Field(512, ge=16)
@@ -185,6 +200,8 @@ class RewardParams(TrainLoopParams):
     def cross_check(self, params) -> list[str]:
         from pathlib import Path
 
+        if self.backbone == "embedding":  # no LM, no PEFT: only the encoder, found when the stage loads it
+            return []
         base = params.model.base if self.base == "models/sft" and not Path(self.base).exists() else self.base
         problems = self._common_checks(params, self.max_length, base)
         if self.peft in PROMPT_LEARNING:

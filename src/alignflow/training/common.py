@@ -253,6 +253,15 @@ def log_and_register(params: Params, tracker, model_dir: Path, stage: str, task:
     from alignflow.models.specs import resolve_base_ref
 
     meta = read_meta(model_dir) or {}
+    if meta.get("backbone") == "embedding":  # no transformers flavor for an encoder + head: the dir as artifacts
+        tracker.log_artifact(model_dir, artifact_path="model_dir")
+        tracker.set_tags({f"alignflow.{stage}.model_uri": f"runs:/{tracker.run_id}/model_dir",
+                          f"alignflow.{stage}.base": "embedding"})
+        if params.tracking.register_models:
+            version = tracking.register_artifacts(tracker.run_id, "model_dir", stage, tags={
+                "base": "embedding", "adapter": "False", "alignflow.profile": params.profile})
+            info["registered_version"] = int(version.version)
+        return info
     loader = load_reward_model if meta.get("kind") == "reward" else load_causal_lm
     model, tokenizer = loader(str(model_dir), device="cpu", dtype="float32")
     # An adapter is logged alone, with its base recorded as the (cached, local) base directory.

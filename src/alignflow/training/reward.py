@@ -10,6 +10,8 @@ merged into its base, with a fresh score head), a PEFT adapter (`peft: lora | ad
 fully trained) or full weights (`peft: none`).
 Outputs models/reward/, plots/reward_loss.csv (train loss), plots/reward_eval.csv (eval loss and
 held-out pair accuracy per eval step), held-out pair accuracy and mean margin.
+`reward.backbone: embedding` trains a linear head on frozen sentence embeddings instead
+(training/embedding_reward.py), with the same outputs.
 """
 
 from __future__ import annotations
@@ -185,7 +187,11 @@ def loop_config(params: Params, staging: Path | None = None) -> dict[str, Any]:
 
 
 def run(params: Params, tracker) -> dict[str, Any]:
+    if params.reward.backbone == "embedding":  # a linear head on frozen sentence embeddings, no Ray Train loop
+        from alignflow.training import embedding_reward
 
+        common.log_datasets(tracker, preference_files())
+        return embedding_reward.run(params, tracker, *preference_files(), OUTPUT, CURVE, EVAL_CURVE)
     config = loop_config(params)
     common.log_datasets(tracker, preference_files())
     if config["base"] != params.model.base and Path(config["base"]).is_dir():
