@@ -57,6 +57,7 @@ def test_embedding_reward_stage_scores_like_any_reward_model(project, tracking_e
         pytest.approx([good, bad], abs=1e-5)  # rank's reward_model judge: the same scores from a reload
     evals = list(csv.DictReader(open("plots/reward_eval.csv")))
     assert [r["step"] for r in evals] == [str(i) for i in range(1, 11)] and evals[-1]["eval_accuracy"] == "1"
+    assert 0 < float(evals[0]["elapsed_s"]) <= float(evals[-1]["elapsed_s"]) and float(evals[-1]["eval_loss"]) < 0.7
     client = mlflow.MlflowClient(tracking_env)
     version = client.get_model_version_by_alias("alignflow-reward", "candidate")
     assert int(version.version) == metrics["registered_version"] and version.tags["base"] == "embedding"

@@ -54,6 +54,7 @@ def test_sft_then_reward_outputs_and_mlflow(project, tracking_env):
     assert [r["step"] for r in csv.DictReader(open("plots/reward_loss.csv"))] == ["1", "2", "3"]
     evals = list(csv.DictReader(open("plots/reward_eval.csv")))
     assert [r["step"] for r in evals] == ["3"] and evals[0]["eval_loss"] and evals[0]["eval_accuracy"]
+    assert float(evals[0]["elapsed_s"]) > 0  # seconds into training: accuracy against training time
 
     # --- MLflow: child runs with params, per-step curves, logged + registered models
     client = mlflow.MlflowClient(tracking_env)

@@ -5,8 +5,9 @@ Every pair is embedded once (the encoder never trains), then w minimises the sam
 the LM reward model, −log σ(w·(f_chosen − f_rejected) − margin), plus an L2 penalty
 (`reward.embedding.l2`), by L-BFGS: convex, so it converges in a few dozen iterations and the
 result does not depend on a learning rate or a step budget. Written like the LM path's outputs:
-models/reward/, plots/reward_loss.csv and plots/reward_eval.csv (per L-BFGS round), metrics with
-`eval_accuracy` on the validation pairs.
+models/reward/, plots/reward_loss.csv and plots/reward_eval.csv (per L-BFGS round, with the
+seconds since the stage started, embedding included), metrics with `eval_accuracy` on the
+validation pairs.
 """
 
 from __future__ import annotations
@@ -110,9 +111,12 @@ def run(params: Params, tracker, train_file: Path, val_file: Path | None, output
     history: list[dict] = []
 
     def on_round(i: int, w: np.ndarray, loss: float) -> None:
-        row = {"step": i, "loss": loss, "train_accuracy": accuracy(fc @ w, fr @ w)}
+        row = {"step": i, "loss": loss, "train_accuracy": accuracy(fc @ w, fr @ w),
+               "elapsed_s": round(time.perf_counter() - started, 2)}  # embedding included: the stage's cost
         if vc is not None:
+            gap = (vc - vr) @ w
             row["eval_accuracy"] = accuracy(vc @ w, vr @ w)
+            row["eval_loss"] = float(np.mean(np.logaddexp(0.0, -gap)))  # the BT loss, unpenalised
         history.append(row)
 
     rm.weight = fit_bradley_terry(fc - fr, margin, cfg.embedding.l2, on_round=on_round)
@@ -120,7 +124,8 @@ def run(params: Params, tracker, train_file: Path, val_file: Path | None, output
     rm.save(staging, {"base": None, "pairs": len(train), "l2": cfg.embedding.l2})
     common.promote(staging, output)
     common.write_curve(curve, history, {"train_loss": "loss"})
-    common.write_curve(eval_curve, history, {"eval_accuracy": "eval_accuracy"})
+    common.write_curve(eval_curve, history, {"eval_loss": "eval_loss", "eval_accuracy": "eval_accuracy",
+                                             "elapsed_s": "elapsed_s"})
     last = history[-1]
     metrics: dict[str, Any] = {
         "train_pairs": len(train), "eval_pairs": len(val), "train_loss": round(last["loss"], 4),

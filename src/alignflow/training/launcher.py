@@ -382,8 +382,11 @@ class MetricsSink:
         self.history: list[dict] = []
         self._pending: list[tuple[int, Any]] = []
         self._client = None
+        self._started = time.perf_counter()
 
-    def log(self, metrics: dict[str, Any], step: int) -> dict[str, float]:
+    def log(self, metrics: dict[str, Any], step: int, timed: bool = True) -> dict[str, float]:
+        """`timed`: the history row also gets `elapsed_s` since the sink started (the x axis of
+        accuracy against training time); replayed rows of an earlier attempt have none."""
         if not self.rank_zero:
             return {}
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -391,7 +394,8 @@ class MetricsSink:
         if len(numeric) < len(numbers):  # MLflow and the CSV take no NaN: say so rather than drop silently
             log.warning("step %d: not logged (non-finite): %s", step,
                         ", ".join(f"{k}={v}" for k, v in numbers.items() if k not in numeric))
-        self.history.append({"step": step, **numeric})
+        timing = {"elapsed_s": round(time.perf_counter() - self._started, 2)} if timed else {}
+        self.history.append({"step": step, **numeric, **timing})
         self._send(numeric, step)
         return numeric
 
@@ -400,7 +404,7 @@ class MetricsSink:
         into this MLflow run, so the curve starts at step 1 whichever attempt logged it."""
         for row in rows:
             if isinstance(row.get("step"), int):
-                self.log({k: v for k, v in row.items() if k != "step"}, row["step"])
+                self.log({k: v for k, v in row.items() if k != "step"}, row["step"], timed=False)
 
     def _send(self, numeric: dict[str, float], step: int) -> None:
         if not self.run_id or not numeric:

@@ -9,7 +9,8 @@ data/formatted/prefs_{train,val}.jsonl. Base: `reward.base` (models/sft by defau
 merged into its base, with a fresh score head), a PEFT adapter (`peft: lora | adalora | ia3`, the head
 fully trained) or full weights (`peft: none`).
 Outputs models/reward/, plots/reward_loss.csv (train loss), plots/reward_eval.csv (eval loss and
-held-out pair accuracy per eval step), held-out pair accuracy and mean margin.
+held-out pair accuracy per eval step, with the seconds since training started: accuracy against
+training time), held-out pair accuracy and mean margin.
 `reward.backbone: embedding` trains a linear head on frozen sentence embeddings instead
 (training/embedding_reward.py), with the same outputs.
 """
@@ -203,7 +204,8 @@ def run(params: Params, tracker) -> dict[str, Any]:
     history = metrics.pop("history", [])
     common.promote(Path(config["staging_dir"]), OUTPUT)
     common.write_curve(CURVE, history, {"train_loss": "loss"})
-    common.write_curve(EVAL_CURVE, history, {"eval_loss": "eval_loss", "eval_accuracy": "eval_accuracy"})
+    common.write_curve(EVAL_CURVE, history, {"eval_loss": "eval_loss", "eval_accuracy": "eval_accuracy",
+                                             "elapsed_s": "elapsed_s"}, required=("eval_loss", "eval_accuracy"))
     if tracker is not None:
         tracker.log_artifact(CURVE)
         tracker.log_artifact(EVAL_CURVE)
