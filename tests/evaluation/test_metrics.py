@@ -147,3 +147,16 @@ def test_prompt_means_average_a_prompts_seeds_and_seed_std_is_the_spread_of_per_
     assert math.isnan(M.seed_std([1, 0], 1))
     with pytest.raises(ValueError, match="not 2 seeds"):
         M.prompt_means([1, 0, 1], 2)
+
+
+def test_unrequested_lists_leave_out_the_prompts_that_ask_for_several_items():
+    lst = "Here:\n1. one\n2. two\n3. three"
+    for asked in ("List four elements of poetry.", "Name three countries with high poverty.", "Give 5 tips.",
+                  "What are the steps to bake bread?", "Make a list of things to do in Paris."):
+        assert M.asks_for_list(asked), asked
+    for plain in ("Compare two pieces of artwork.", "What parenting techniques help children?", "Describe Paris."):
+        assert not M.asks_for_list(plain), plain
+    prompts = ["List four elements of poetry.", "Describe Paris.", "Describe Rome.", "Describe Oslo."]
+    assert M.unrequested_list_rate(prompts, [lst, lst, "Rome is old.", "Oslo is cold."]) == 0.25
+    assert M.diagnostic_rates([lst, lst, "Rome is old.", "Oslo is cold."])["list"] == 0.5  # counts both lists
+    assert math.isnan(M.unrequested_list_rate([], []))

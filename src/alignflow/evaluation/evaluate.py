@@ -114,6 +114,11 @@ def run(params: Params, tracker) -> dict[str, Any]:
     winrates, cis = judge_and_compare(params, inputs, gens, metrics)
     metrics.update(descriptive_metrics(gens))
     metrics.update(M.diagnostics_vs(gens[CANDIDATE].responses, gens["sft"].responses, "sft"))
+    asked = [_prompt_text(r["prompt"]) for r in inputs.records]
+    for name, g in gens.items():
+        metrics[f"unrequested_list_rate{'' if name == CANDIDATE else '_' + name}"] = M.unrequested_list_rate(
+            asked, g.responses)
+    metrics["unrequested_list_rate_delta_vs_sft"] = metrics["unrequested_list_rate"] - metrics["unrequested_list_rate_sft"]
     if_metrics, ifeval = IF.ifeval_metrics(inputs.constrained_records, {n: g.constrained for n, g in gens.items()},
                                            CANDIDATE, ep.bootstrap, params.seed, inputs.n_seeds)
     metrics.update(if_metrics)
@@ -218,6 +223,8 @@ def _write_report(out: Path, metrics, gens, records, winrates, cis, gate_record,
     diagnostics = {}
     for name, g in gens.items():
         d = M.diagnostic_rates(g.responses)
+        d["list where none was asked"] = M.unrequested_list_rate([_prompt_text(r["prompt"]) for r in records],
+                                                                 g.responses)
         d["refusal on harmful prompts"] = M.refusal_rate(g.harmful)
         d["truncated (no EOS)"] = 1.0 - float(np.mean(g.finished)) if g.finished else math.nan
         d["mean length (words)"] = M.length_stats(g.lengths)["mean"]
