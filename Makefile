@@ -69,7 +69,7 @@ airflow-test: setup ## the DAG once, end to end, on the smoke profile, no server
 
 .PHONY: exps
 exps: setup ## compare DVC experiments in a terminal: headline metrics and params that differ (docs/EXPERIMENTS.md)
-	$(BIN)/dvc exp show --only-changed --drop 'Created|_ci_|^(data|models|src|components)/'
+	$(BIN)/dvc exp show --only-changed --drop 'Created|.*_ci_|(data|models|src|components)/'
 
 clean-outputs: ## remove pipeline outputs (not the raw inputs: those are never modified)
 	rm -rf data/raw data/clean data/formatted data/samples data/prefs models reports plots metrics .smoke

@@ -93,7 +93,3 @@ class EmbeddingRewardModel:
 
         weight = load_file(str(Path(model_dir) / HEAD_FILE))["weight"]
         return cls(meta.get("encoder"), int(meta.get("max_seq_length", 128)), weight)
-
-
-def is_embedding_reward(meta: dict | None) -> bool:
-    return bool(meta) and meta.get("kind") == "reward" and meta.get("backbone") == BACKBONE

@@ -28,7 +28,6 @@ from alignflow.models.hf import (
     sync_pad,
     tokenizer_from_dir,
 )
-from alignflow.models.embedding_reward import EmbeddingRewardModel, is_embedding_reward
 from alignflow.models.meta import META_FILE, ModelSpecError, read_meta
 from alignflow.models.specs import load_model_dir, resolve_spec, tokenizer_dir
 
@@ -75,7 +74,9 @@ def load_reward_model(path_or_spec: str, *, dtype="auto", trust_remote_code: boo
     check_trust_remote_code(trust_remote_code)
     path = Path(path_or_spec)
     meta = read_meta(path) if path.is_dir() else None
-    if is_embedding_reward(meta):  # reward.backbone: embedding (a frozen encoder + a linear head; no tokenizer)
+    if meta is not None and meta.get("backbone") == "embedding":  # a frozen encoder + a linear head; no tokenizer
+        from alignflow.models.embedding_reward import EmbeddingRewardModel
+
         return EmbeddingRewardModel.load(path, meta), None
     if meta is not None and meta.get("kind") == "reward":
         return load_model_dir(path, meta, dtype=dtype, trust_remote_code=trust_remote_code, device=device)

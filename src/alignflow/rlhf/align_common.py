@@ -105,8 +105,8 @@ class MetricsLogger(MetricsSink):
 
             logs.adopt_library_loggers()  # Ray Train configured its loggers when the run started
 
-    def log(self, metrics: dict[str, Any], step: int) -> dict[str, float]:
-        numeric = super().log(metrics, step)
+    def log(self, metrics: dict[str, Any], step: int, timed: bool = True) -> dict[str, float]:
+        numeric = super().log(metrics, step, timed)
         if self.rank_zero and not self._replaying:
             if self.progress is None:  # created at the first live step: a resumed run starts there
                 from alignflow.progress import StepProgress, planned_total
