@@ -30,6 +30,8 @@ def test_bt_loss_and_fit_by_hand():
     grad = -np.mean(d / (1 + np.exp(d * w[0]))) + 0.1 * w[0]
     assert abs(grad) < 1e-5
     assert ER.fit_bradley_terry(diff, l2=1e6)[0] == pytest.approx(0.0, abs=1e-5)  # all penalty: w -> 0
+    # a margin asks for a larger gap: the weights grow to make it (reward.embedding.use_margin)
+    assert ER.fit_bradley_terry(diff, margin=np.ones(3), l2=0.1)[0] > w[0]
     assert ER.accuracy(np.array([1.0, 0.0, 2.0]), np.array([0.0, 0.0, 3.0])) == 0.5  # win, tie, loss
 
 

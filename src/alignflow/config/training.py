@@ -174,6 +174,10 @@ class EmbeddingRewardParams(Section):
     max_seq_length: int = Field(128, ge=8, description="tokens embedded per text (the encoder truncates)")
     l2: float = Field(0.01, ge=0.0, description="L2 penalty on the head (mean-loss units)")
     batch_size: int = Field(64, ge=1, description="texts per encoder batch")
+    # The pairs' margins in the loss (reward.use_margin is the LM's). Off: the judges' margins (up to
+    # 2 logits) ask a linear head on unit-norm embeddings for gaps it can only reach with large
+    # weights; with them held-out HH accuracy fell from 0.65 to 0.50 (2026-12-02, 34 pairs).
+    use_margin: bool = False
 
 
 class RewardParams(TrainLoopParams):
