@@ -72,6 +72,9 @@ def planned_steps(stage: str, params) -> int | None:
 
 
 def _size(stage: str, params) -> str:
+    if stage == "reward" and params.reward.backbone == "embedding":
+        emb = params.reward.embedding
+        return f"embedding backbone ({emb.encoder or 'all-MiniLM-L6-v2'}, ≤{emb.max_seq_length} tokens) + a linear head"
     if stage in ("sft", "reward"):
         section = getattr(params, stage)
         per_step = section.per_device_batch_size * section.gradient_accumulation_steps * _workers(params)
