@@ -152,6 +152,32 @@ def test_length_meter_reads_dpo_and_orpo_batches():
     assert meter.take_mean() == 3.0  # (2 + 4) / 2
 
 
+def test_group_by_length_batches_pairs_of_similar_length():
+    """Every pair once per epoch, in batches that pad to fewer tokens than a random order's."""
+    import random
+    from types import SimpleNamespace
+
+    from alignflow.rlhf.align_common import example_tokens, group_by_length
+
+    assert example_tokens({"prompt_ids": [1] * 5, "chosen_ids": [2] * 3, "rejected_ids": [3] * 7, "x": "y"}) == 12
+    assert example_tokens({"prompt_input_ids": [1] * 4, "completion_input_ids": [2] * 6}) == 10  # KTO/ORPO names
+    rng = random.Random(0)
+    rows = [{"prompt_ids": [0] * rng.randint(10, 60), "chosen_ids": [0] * rng.randint(5, 90),
+             "rejected_ids": [0] * rng.randint(5, 90)} for _ in range(200)]
+    trainer = SimpleNamespace(train_dataset=rows)
+    assert group_by_length(trainer, batch_size=4, seed=1)
+    order = list(trainer._get_train_sampler())
+    assert sorted(order) == list(range(200))
+
+    def padded(indices):
+        return sum(max(example_tokens(rows[i]) for i in indices[k:k + 4]) for k in range(0, 200, 4))
+
+    shuffled = list(range(200))
+    rng.shuffle(shuffled)
+    assert padded(order) < 0.85 * padded(shuffled)
+    assert not group_by_length(SimpleNamespace(train_dataset=[{"prompt": "text"}]), batch_size=4, seed=1)
+
+
 @pytest.mark.parametrize("method", sorted(PAIRWISE_PARAMS))
 def test_pairwise_stage_raises_preference_accuracy(method, tmp_path, monkeypatch, tracker):
     """DPO, ORPO and SimPO each move their own objective: the policy prefers the chosen answers."""

@@ -185,6 +185,32 @@ def finite_guard_callback():
     return FiniteGuardCallback()
 
 
+def example_tokens(row: dict) -> int:
+    """Tokens an offline example adds to its batch's longest sequence: its prompt plus its longer
+    completion (TRL's trainers name the columns prompt_ids / chosen_input_ids / completion_ids …)."""
+    ids = {k: len(v) for k, v in row.items() if k.endswith("ids") and isinstance(v, list)}
+    prompt = max((n for k, n in ids.items() if k.startswith("prompt")), default=0)
+    return prompt + max((n for k, n in ids.items() if not k.startswith("prompt")), default=0)
+
+
+def group_by_length(trainer, batch_size: int, seed: int) -> bool:
+    """Batches of examples of similar length (transformers' LengthGroupedSampler: a random order cut
+    into mega-batches, each sorted by length), so a batch pads to less. On the default DPO data a
+    random batch of 4 pairs pads to 1.3× the tokens of a length-grouped one; every step costs in
+    proportion. Which examples a run of max_steps sees stays random (whole mega-batches of a random
+    order). False (the trainer's random order) when the dataset is not tokenized yet."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    lengths = [example_tokens(row) for row in trainer.train_dataset]
+    if not any(lengths):
+        return False
+    generator = torch.Generator().manual_seed(seed)
+    trainer._get_train_sampler = lambda dataset=None: LengthGroupedSampler(
+        batch_size, lengths=lengths, generator=generator)
+    return True
+
+
 class LengthMeter:
     """Wraps a data collator to record the mean completion length of each batch it builds.
 

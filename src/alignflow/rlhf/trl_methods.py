@@ -128,7 +128,7 @@ def reference_free_trainer(method: str, align, common: dict[str, Any], model, to
 def trl_train_loop(config: dict) -> dict[str, Any]:
     from alignflow.config import validate
     from alignflow.models import load_causal_lm, save_model_dir
-    from alignflow.rlhf.align_common import LengthMeter, curve_callback, finite_guard_callback
+    from alignflow.rlhf.align_common import LengthMeter, curve_callback, finite_guard_callback, group_by_length
     from alignflow.training.launcher import (LOOP_DIR_KEY, is_rank_zero, prepare_hf_trainer, report_final,
                                              resume_checkpoint, train_or_restore, world)
 
@@ -201,6 +201,8 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
 
     lengths = None
     if method in OFFLINE_METHODS:
+        if align.group_by_length and not group_by_length(trainer, align.batch_size * align.grad_accum, params.seed):
+            log.info("align.group_by_length: the %s dataset has no token ids; batches keep a random order", method)
         lengths = LengthMeter(trainer.data_collator)
         trainer.data_collator = lengths
     trainer.add_callback(curve_callback(method, beta, lengths))  # first: the later callbacks see the curve keys
