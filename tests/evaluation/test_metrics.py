@@ -160,3 +160,13 @@ def test_unrequested_lists_leave_out_the_prompts_that_ask_for_several_items():
     assert M.unrequested_list_rate(prompts, [lst, lst, "Rome is old.", "Oslo is cold."]) == 0.25
     assert M.diagnostic_rates([lst, lst, "Rome is old.", "Oslo is cold."])["list"] == 0.5  # counts both lists
     assert math.isnan(M.unrequested_list_rate([], []))
+
+
+def test_paired_estimate_names_the_mean_its_ci_and_the_seed_spread():
+    # seed-major, two seeds × two prompts: seed 1 = [1, 0], seed 2 = [1, 1] -> prompts [1.0, 0.5]
+    est = M.paired_estimate("d", [1, 0, 1, 1], n_seeds=2, n_boot=2000, seed=0)
+    assert est["d"] == 0.75 and est["d_n"] == 2
+    assert est["d_ci_low"] == 0.5 and est["d_ci_high"] == 1.0  # resampling 2 prompts: means 0.5, 0.75, 1
+    assert est["d_seed_std"] == pytest.approx(0.5 / math.sqrt(2))  # per-seed means 0.5 and 1.0
+    assert set(M.paired_estimate("d", [1, 0], n_boot=0)) == {"d", "d_n"}
+    assert M.paired_estimate("d", [np.nan, np.nan]) == {}

@@ -22,7 +22,7 @@ def test_sft_then_reward_outputs_and_mlflow(project, tracking_env):
     from alignflow.stage import run_stage
     from alignflow.training import reward, sft
 
-    _, params = project({"sft.max_steps": 3, "sft.eval_steps": 3, "sft.save_steps": 3,
+    _, params = project({"sft.max_steps": 3, "sft.eval_steps": 3, "sft.save_steps": 3, "reward.backbone": "lm",
                          "reward.max_steps": 3, "reward.eval_steps": 3, "reward.save_steps": 3})
     sft_metrics = run_stage("sft", sft.run, params)
     reward_metrics = run_stage("reward", reward.run, params)

@@ -65,6 +65,7 @@ from alignflow.evaluation.judging import (
 )
 from alignflow.evaluation.policy_metrics import implicit_accuracy, kl_vs_sft, sequence_logps
 from alignflow.io import atomic_dir, write_jsonl
+from alignflow.rlhf.judges import render_conversation
 from alignflow.training.common import log_datasets
 
 # Re-exported: `from alignflow.evaluation.evaluate import ...` keeps working for the names that moved.
@@ -112,13 +113,8 @@ def run(params: Params, tracker) -> dict[str, Any]:
     tracker.set_tags({f"eval.backend.{name}": g.backend for name, g in gens.items()})
     score_with_reward_model(params, inputs, gens, metrics)
     winrates, cis = judge_and_compare(params, inputs, gens, metrics)
-    metrics.update(descriptive_metrics(gens))
+    metrics.update(descriptive_metrics(gens, [render_conversation(r["prompt"]) for r in inputs.records]))
     metrics.update(M.diagnostics_vs(gens[CANDIDATE].responses, gens["sft"].responses, "sft"))
-    asked = [_prompt_text(r["prompt"]) for r in inputs.records]
-    for name, g in gens.items():
-        metrics[f"unrequested_list_rate{'' if name == CANDIDATE else '_' + name}"] = M.unrequested_list_rate(
-            asked, g.responses)
-    metrics["unrequested_list_rate_delta_vs_sft"] = metrics["unrequested_list_rate"] - metrics["unrequested_list_rate_sft"]
     if_metrics, ifeval = IF.ifeval_metrics(inputs.constrained_records, {n: g.constrained for n, g in gens.items()},
                                            CANDIDATE, ep.bootstrap, params.seed, inputs.n_seeds)
     metrics.update(if_metrics)
@@ -185,7 +181,7 @@ def generation_table(rows: list[dict]) -> list[dict]:
         for model, response in row["responses"].items():
             table.append({
                 "prompt_id": row["prompt_id"], "split": row["split"], "seed": row.get("seed"), "model": model,
-                "prompt": _prompt_text(row["prompt"]), "response": response,
+                "prompt": render_conversation(row["prompt"]), "response": response,
                 "judge_score": (row.get("judge_scores") or {}).get(model),
                 "reward": (row.get("rewards") or {}).get(model),
                 "finished": (row.get("finished") or {}).get(model),
@@ -196,10 +192,6 @@ def generation_table(rows: list[dict]) -> list[dict]:
 
 def _share(followed: list[bool] | None) -> float | None:
     return sum(followed) / len(followed) if followed else None
-
-
-def _prompt_text(messages: list[dict]) -> str:
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
 def _ifeval_report(ifeval: dict | None, records: list[dict], gens: dict[str, Generated], ep) -> dict | None:
@@ -223,8 +215,7 @@ def _write_report(out: Path, metrics, gens, records, winrates, cis, gate_record,
     diagnostics = {}
     for name, g in gens.items():
         d = M.diagnostic_rates(g.responses)
-        d["list where none was asked"] = M.unrequested_list_rate([_prompt_text(r["prompt"]) for r in records],
-                                                                 g.responses)
+        d["list where none was asked"] = metrics["unrequested_list_rate" + ("" if name == CANDIDATE else f"_{name}")]
         d["refusal on harmful prompts"] = M.refusal_rate(g.harmful)
         d["truncated (no EOS)"] = 1.0 - float(np.mean(g.finished)) if g.finished else math.nan
         d["mean length (words)"] = M.length_stats(g.lengths)["mean"]
@@ -233,7 +224,7 @@ def _write_report(out: Path, metrics, gens, records, winrates, cis, gate_record,
     # Examples: the prompts where the candidate and SFT differ most in reward, then the first ones.
     cand, sft = gens[CANDIDATE], gens["sft"]
     order = sorted(range(len(records)), key=lambda i: -abs(cand.rewards[i] - sft.rewards[i]))
-    examples = [{"prompt": _prompt_text(records[i]["prompt"]), "reference": records[i].get("reference"),
+    examples = [{"prompt": render_conversation(records[i]["prompt"]), "reference": records[i].get("reference"),
                  "responses": {n: g.responses[i] for n, g in gens.items()},
                  "rewards": {n: g.rewards[i] for n, g in gens.items()}} for i in order[: ep.report_examples]]
     from alignflow.models import read_meta

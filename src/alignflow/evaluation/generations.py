@@ -56,25 +56,36 @@ def seed_chunks(prompts: Sequence, seeds: list[int]):
     return [(seed, prompts[j * n:(j + 1) * n]) for j, seed in enumerate(seeds)]
 
 
+def answer_per_seed(name: str, backend: str, benign, harmful, constrained, seeds: int | Sequence[int],
+                    answer) -> Generated:
+    """A model's Generated from `answer(prompts, seed) -> [(text, finished)]`, one batched call per
+    sampling seed over the benign, harmful and constraint prompts together. With several seeds the
+    prompt lists are seed-major (EvalInputs.repeated)."""
+    out = Generated(name, [], [], [], backend=backend)
+    for (seed, b), (_, h), (_, c) in zip(*(seed_chunks(x, seed_list(seeds)) for x in (benign, harmful, constrained))):
+        prompts = [*b, *h, *c]
+        answers = answer(prompts, seed) if prompts else []
+        nb, nh = len(b), len(b) + len(h)
+        out.responses += [text for text, _ in answers[:nb]]
+        out.finished += [finished for _, finished in answers[:nb]]
+        out.harmful += [text for text, _ in answers[nb:nh]]
+        out.constrained += [text for text, _ in answers[nh:]]
+    return out
+
+
 def generate_all(name: str, generator, benign: list[list[dict]], harmful: list[list[dict]],
                  ep, seeds: int | Sequence[int], constrained: list[list[dict]] = ()) -> Generated:
-    """One model's answers to the benign, harmful and constraint prompts, one batched call per
-    sampling seed. With several seeds the prompt lists are seed-major (EvalInputs.repeated)."""
+    """One model's answers to the benign, harmful and constraint prompts (answer_per_seed)."""
     started = time.perf_counter()
-    seeds = seed_list(seeds)
-    out = Generated(name, [], [], [], backend=generator.name)
-    for (seed, b), (_, h), (_, c) in zip(*(seed_chunks(x, seeds) for x in (benign, harmful, constrained))):
-        prompts = [*b, *h, *c]
-        gens = [g[0] for g in generator.generate_with_details(
-            prompts, n=1, max_new_tokens=ep.max_new_tokens, temperature=ep.temperature, top_p=ep.top_p, seed=seed,
-            batch_size=ep.batch_size, progress=True)] if prompts else []
-        nb, nh = len(b), len(b) + len(h)
-        out.responses += [g.text for g in gens[:nb]]
-        out.finished += [g.finished for g in gens[:nb]]
-        out.harmful += [g.text for g in gens[nb:nh]]
-        out.constrained += [g.text for g in gens[nh:]]
+
+    def answer(prompts, seed):
+        gens = generator.generate_with_details(prompts, n=1, max_new_tokens=ep.max_new_tokens, temperature=ep.temperature,
+                                               top_p=ep.top_p, seed=seed, batch_size=ep.batch_size, progress=True)
+        return [(g[0].text, g[0].finished) for g in gens]
+
+    out = answer_per_seed(name, generator.name, benign, harmful, constrained, seeds, answer)
     log.info("%s: %d generations (%d seed(s)) with %s in %.1fs", name,
-             len(out.responses) + len(out.harmful) + len(out.constrained), len(seeds), generator.name,
+             len(out.responses) + len(out.harmful) + len(out.constrained), len(seed_list(seeds)), generator.name,
              time.perf_counter() - started)
     return out
 
@@ -115,17 +126,11 @@ class BestOfN:
     def generate(self, name: str, benign, harmful, ep, seeds: int | Sequence[int], constrained=()) -> Generated:
         from alignflow.rlhf.judges import rule_penalties
 
-        seeds = seed_list(seeds)
-        out = Generated(name, [], [], [], backend=self.policy.generator.name)
-        for (seed, b), (_, h), (_, c) in zip(*(seed_chunks(x, seeds) for x in (benign, harmful, constrained))):
-            texts = self.policy.generate([*b, *h, *c], max_new_tokens=ep.max_new_tokens, seed=seed,
-                                         batch_size=ep.batch_size)
-            nb, nh = len(b), len(b) + len(h)
-            out.responses += texts[:nb]
-            out.finished += [not rule_penalties(t)["truncated"] for t in texts[:nb]]
-            out.harmful += texts[nb:nh]
-            out.constrained += texts[nh:]
-        return out
+        def answer(prompts, seed):
+            texts = self.policy.generate(prompts, max_new_tokens=ep.max_new_tokens, seed=seed, batch_size=ep.batch_size)
+            return [(text, not rule_penalties(text)["truncated"]) for text in texts]
+
+        return answer_per_seed(name, self.policy.generator.name, benign, harmful, constrained, seeds, answer)
 
 
 def hf_model(generator, params: Params):

@@ -8,6 +8,8 @@ of it); per constraint type, the share of that type's constraints followed (stri
 
 from __future__ import annotations
 
+import math
+
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -41,16 +43,18 @@ def per_type(vs: Sequence[Verdict]) -> dict[str, tuple[int, float]]:
     return {t: (len(oks), float(np.mean(oks))) for t, oks in sorted(seen.items())}
 
 
+def strict_diffs(a: Sequence[Verdict], b: Sequence[Verdict]) -> list[float]:
+    """Per response: a's prompt-level strict pass minus b's on the same prompt (1, 0 or -1)."""
+    return [float(x.all_strict) - float(y.all_strict) for x, y in zip(a, b)]
+
+
 def paired_delta(a: Sequence[Verdict], b: Sequence[Verdict], n_boot: int, seed: int,
                  n_seeds: int = 1) -> tuple[float, float, float]:
     """Mean of a's minus b's prompt-level strict pass over the same prompts, with a percentile
     bootstrap 95% CI resampling prompts (paired: the same prompt's two outcomes move together;
     with several eval seeds a prompt's outcome is the mean over its seeds)."""
-    diffs = M.prompt_means([float(x.all_strict) - float(y.all_strict) for x, y in zip(a, b)], n_seeds)
-    if not diffs.size:
-        return float("nan"), float("nan"), float("nan")
-    lo, hi = M.bootstrap_ci(diffs, n_boot=n_boot, seed=seed) if n_boot else (float("nan"), float("nan"))
-    return float(diffs.mean()), lo, hi
+    est = M.paired_estimate("d", strict_diffs(a, b), n_seeds, n_boot, seed)
+    return est.get("d", math.nan), est.get("d_ci_low", math.nan), est.get("d_ci_high", math.nan)
 
 
 def ifeval_metrics(records: Sequence[dict], responses: dict[str, Sequence[str]], candidate: str,
@@ -73,20 +77,11 @@ def ifeval_metrics(records: Sequence[dict], responses: dict[str, Sequence[str]],
     for other in ("sft", "champion"):
         if other in by_model and candidate in by_model:
             cand, base = by_model[candidate], by_model[other]
-            d, lo, hi = paired_delta(cand, base, n_boot, seed, n_seeds)
-            metrics.update({f"ifeval_delta_vs_{other}": d, f"ifeval_delta_vs_{other}_ci_low": lo,
-                            f"ifeval_delta_vs_{other}_ci_high": hi})
+            metrics.update(M.paired_estimate(f"ifeval_delta_vs_{other}", strict_diffs(cand, base), n_seeds, n_boot, seed))
             # the verifier as a judge: per prompt, the candidate wins when it follows a larger
             # share of the constraints (ties ½), the gate's win rate when gate.judge is verifier
             outcomes = M.pairwise_outcomes([v.fraction_strict for v in cand], [v.fraction_strict for v in base])
-            per_prompt = M.prompt_means(outcomes, n_seeds)
-            lo, hi = M.bootstrap_ci(per_prompt, n_boot=n_boot, seed=seed) if n_boot else (float("nan"),) * 2
-            metrics.update({f"winrate_verifier_vs_{other}": float(per_prompt.mean()),
-                            f"winrate_verifier_vs_{other}_ci_low": lo, f"winrate_verifier_vs_{other}_ci_high": hi})
-            if n_seeds > 1:
-                metrics[f"ifeval_delta_vs_{other}_seed_std"] = M.seed_std(
-                    [float(x.all_strict) - float(y.all_strict) for x, y in zip(cand, base)], n_seeds)
-                metrics[f"winrate_verifier_vs_{other}_seed_std"] = M.seed_std(outcomes, n_seeds)
+            metrics.update(M.paired_estimate(f"winrate_verifier_vs_{other}", outcomes, n_seeds, n_boot, seed))
     table: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
     for name, vs in by_model.items():
         for type_id, cell in per_type(vs).items():

@@ -28,14 +28,10 @@ def reward_scores(rm, rm_tok, prompts: list[list[dict]], responses: list[str], e
 
 
 def rm_pair_accuracy(rm, rm_tok, pairs: list[dict], ep) -> float:
-    def last_turn(prompt, completion):  # prompt + all but the last answer turn, and that answer
-        return [*prompt, *completion[:-1]], completion[-1]["content"]
+    from alignflow.rlhf.judges import pair_side
 
-    c = [last_turn(p["prompt"], p["chosen"]) for p in pairs]
-    r = [last_turn(p["prompt"], p["rejected"]) for p in pairs]
-    sc = reward_scores(rm, rm_tok, [x[0] for x in c], [x[1] for x in c], ep)
-    sr = reward_scores(rm, rm_tok, [x[0] for x in r], [x[1] for x in r], ep)
-    return M.preference_accuracy(sc, sr)
+    return M.preference_accuracy(*(reward_scores(rm, rm_tok, *pair_side(pairs, side), ep)
+                                   for side in ("chosen", "rejected")))
 
 
 def judge_outcomes(judge, records: list[dict], cand: Generated, other: Generated) -> np.ndarray:
@@ -94,23 +90,18 @@ def _winrates(metrics: dict, gens: dict[str, Generated], records, judge, ep, see
                 outcomes = M.pairwise_outcomes(cand.rewards, gens[other].rewards)
             else:
                 outcomes = judge_outcomes(judge, records, cand, gens[other])
-            key = f"winrate_{scorer}_vs_{other}"
-            per_prompt = M.prompt_means(outcomes, n_seeds)
-            value = float(per_prompt.mean()) if per_prompt.size else math.nan
-            metrics[key] = value
-            metrics[f"{key}_n"] = int(per_prompt.size)
-            if n_seeds > 1:
-                metrics[f"{key}_seed_std"] = M.seed_std(outcomes, n_seeds)
-            if ep.bootstrap and per_prompt.size:
-                lo, hi = M.bootstrap_ci(per_prompt, n_boot=ep.bootstrap, seed=seed)
-                metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = lo, hi
-                cis[f"{CANDIDATE} vs {other} ({scorer})"] = (lo, hi)
-            winrates[f"{CANDIDATE} vs {other} ({scorer})"] = value
+            key, label = f"winrate_{scorer}_vs_{other}", f"{CANDIDATE} vs {other} ({scorer})"
+            estimate = M.paired_estimate(key, outcomes, n_seeds, ep.bootstrap, seed) or {key: math.nan, f"{key}_n": 0}
+            metrics.update(estimate)
+            winrates[label] = estimate[key]
+            if f"{key}_ci_low" in estimate:
+                cis[label] = (estimate[f"{key}_ci_low"], estimate[f"{key}_ci_high"])
     return winrates, cis
 
 
-def descriptive_metrics(gens: dict[str, Generated]) -> dict[str, float]:
-    """Reward, length, diversity and safety numbers per model; candidate keys are unsuffixed."""
+def descriptive_metrics(gens: dict[str, Generated], asked: list[str]) -> dict[str, float]:
+    """Reward, length, diversity, list and safety numbers per model (`asked`: the benign prompts'
+    text, for the lists no prompt asked for); candidate keys are unsuffixed."""
     out: dict[str, float] = {}
     cand = gens[CANDIDATE]
     for name, g in gens.items():
@@ -126,6 +117,8 @@ def descriptive_metrics(gens: dict[str, Generated]) -> dict[str, float]:
         out[f"truncated_rate{suffix}"] = 1.0 - float(np.mean(g.finished)) if g.finished else math.nan
         out[f"refusal_rate_harmful{suffix}"] = M.refusal_rate(g.harmful)
         out[f"overrefusal_rate_benign{suffix}"] = M.refusal_rate(g.responses)
+        out[f"unrequested_list_rate{suffix}"] = M.unrequested_list_rate(asked, g.responses)
+    out["unrequested_list_rate_delta_vs_sft"] = out["unrequested_list_rate"] - out["unrequested_list_rate_sft"]
     out["length_ratio_vs_sft"] = M.length_ratio(cand.lengths, gens["sft"].lengths)
     out["length_p90"] = M.length_stats(cand.lengths)["p90"]
     return out

@@ -72,6 +72,22 @@ def seed_std(outcomes: Sequence[float], n_seeds: int) -> float:
     return float(np.nanstd(per_seed, ddof=1))
 
 
+def paired_estimate(key: str, outcomes: Sequence[float], n_seeds: int = 1, n_boot: int = 1000,
+                    seed: int = 0) -> dict[str, float]:
+    """`key` (the mean over prompts of per-response outcomes, a prompt's seeds averaged), `key`_n
+    (prompts with a verdict), `key`_ci_low / _ci_high (percentile bootstrap 95% CI resampling
+    prompts; with n_boot > 0) and `key`_seed_std (with several seeds). Empty without a verdict."""
+    per_prompt = prompt_means(outcomes, n_seeds)
+    if not per_prompt.size:
+        return {}
+    out = {key: float(per_prompt.mean()), f"{key}_n": int(per_prompt.size)}
+    if n_boot:
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = bootstrap_ci(per_prompt, n_boot=n_boot, seed=seed)
+    if n_seeds > 1:
+        out[f"{key}_seed_std"] = seed_std(outcomes, n_seeds)
+    return out
+
+
 # ----------------------------------------------------------------------------- diversity, length
 
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)

@@ -114,8 +114,9 @@ def prompt_text(prompt: Messages) -> str:
     return users[-1] if users else (prompt[-1]["content"] if prompt else "")
 
 
-def render_conversation(prompt: Messages) -> str:
-    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
+def render_conversation(prompt: Messages, sep: str = "\n") -> str:
+    """The conversation as plain text, one "Role: content" turn per `sep`."""
+    return sep.join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
 
 
 def margin_in_logits(judge, gap: float) -> float:
@@ -201,6 +202,13 @@ class RewardModelJudge(ScoringJudge):
 
     def score(self, prompt: Messages, responses: list[str], reference: str | None = None, **_: Any) -> list[float]:
         return score_with_reward_model(self.model, self.tokenizer, [prompt] * len(responses), responses, self.batch_size)
+
+
+def pair_side(pairs: list[dict], side: str) -> tuple[list[Messages], list[str]]:
+    """How a reward model reads one side ("chosen" or "rejected") of preference pairs: the
+    conversation up to that side's last answer (a multi-turn side's earlier turns join the prompt),
+    and that answer."""
+    return [[*p["prompt"], *p[side][:-1]] for p in pairs], [p[side][-1]["content"] for p in pairs]
 
 
 def score_with_reward_model(model, tokenizer, prompts: list[Messages], responses: list[str], batch_size: int = 8,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alignflow.io import InputError, RejectWriter, content_id
+from alignflow.rlhf.judges import render_conversation
 
 log = logging.getLogger(__name__)
 TASKS_PATH = Path("data/prefs/labelstudio_tasks.json")
@@ -47,15 +48,11 @@ LABEL_CONFIG: dict[str, str] = {
 }
 
 
-def _prompt_text(messages: list[dict]) -> str:
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
-
-
 def export_tasks(samples: list[dict], mode: Mode = "ranking") -> list[dict]:
     """Label Studio tasks for the sample records; `data.alignflow_id` is our stable task id."""
     tasks = []
     for rec in samples:
-        base = {"prompt_id": rec["prompt_id"], "prompt": _prompt_text(rec["prompt"]), "messages": rec["prompt"]}
+        base = {"prompt_id": rec["prompt_id"], "prompt": render_conversation(rec["prompt"], sep="\n\n"), "messages": rec["prompt"]}
         responses = rec["responses"]
         if mode == "ranking":
             items = [{"id": f"r{i}", "title": f"Response {i + 1}", "body": r} for i, r in enumerate(responses)]

@@ -23,6 +23,7 @@ from alignflow import scratch
 from alignflow.config import Params
 from alignflow.io import InputError, read_jsonl
 from alignflow.models.embedding_reward import EmbeddingRewardModel
+from alignflow.rlhf.judges import pair_side
 from alignflow.training import common
 
 log = logging.getLogger(__name__)
@@ -65,18 +66,6 @@ def accuracy(scores_chosen: np.ndarray, scores_rejected: np.ndarray) -> float:
     return float(np.mean(np.where(gap == 0, 0.5, gap > 0))) if gap.size else float("nan")
 
 
-def _sides(records: list[dict]) -> tuple[list, list, list, list]:
-    """(prompts, responses) of the chosen and the rejected side: the conversation up to the last
-    answer, and that answer (as eval's held-out pair accuracy reads a pair)."""
-    pc, rc, pr, rr = [], [], [], []
-    for rec in records:
-        for key, prompts, responses in (("chosen", pc, rc), ("rejected", pr, rr)):
-            turns = rec[key]
-            prompts.append([*rec["prompt"], *turns[:-1]])
-            responses.append(turns[-1]["content"])
-    return pc, rc, pr, rr
-
-
 def _load(path: Path | None, use_margin: bool) -> tuple[list[dict], np.ndarray | None]:
     from alignflow.training.reward import preference_rows
 
@@ -101,8 +90,7 @@ def run(params: Params, tracker, train_file: Path, val_file: Path | None, output
     rm = EmbeddingRewardModel(cfg.embedding.encoder, cfg.embedding.max_seq_length, batch_size=cfg.embedding.batch_size)
 
     def features(rows):
-        pc, rc, pr, rr = _sides(rows)
-        return rm.features(pc, rc), rm.features(pr, rr)
+        return rm.features(*pair_side(rows, "chosen")), rm.features(*pair_side(rows, "rejected"))
 
     log.info("reward (embedding): embedding %d train + %d val pairs", len(train), len(val))
     fc, fr = features(train)
