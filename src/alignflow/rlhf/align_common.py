@@ -193,21 +193,40 @@ def example_tokens(row: dict) -> int:
     return prompt + max((n for k, n in ids.items() if not k.startswith("prompt")), default=0)
 
 
-def group_by_length(trainer, batch_size: int, seed: int) -> bool:
-    """Batches of examples of similar length (transformers' LengthGroupedSampler: a random order cut
-    into mega-batches, each sorted by length), so a batch pads to less. On the default DPO data a
-    random batch of 4 pairs pads to 1.3× the tokens of a length-grouped one; every step costs in
-    proportion. Which examples a run of max_steps sees stays random (whole mega-batches of a random
-    order). False (the trainer's random order) when the dataset is not tokenized yet."""
-    import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler
+class LengthBucketSampler:
+    """Batches of examples of similar length, in a random order: each epoch sorts the examples by
+    length (random tie-breaks), cuts them into batches and shuffles the batches. A batch pads to
+    little, while which examples a run of max_steps sees, and in what order, stays random at the
+    batch level (transformers' LengthGroupedSampler instead runs each mega-batch longest first)."""
 
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        import torch
+
+        self.lengths, self.batch_size = lengths, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        import torch
+
+        ties = torch.rand(len(self.lengths), generator=self.generator).tolist()
+        order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], ties[i]))
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for j in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield from batches[j]
+
+
+def group_by_length(trainer, batch_size: int, seed: int) -> bool:
+    """Give an offline trainer length-bucketed batches (LengthBucketSampler): a step costs in
+    proportion to the tokens its batch pads to. False (the trainer keeps its random order) when
+    the dataset is not tokenized yet."""
     lengths = [example_tokens(row) for row in trainer.train_dataset]
     if not any(lengths):
         return False
-    generator = torch.Generator().manual_seed(seed)
-    trainer._get_train_sampler = lambda dataset=None: LengthGroupedSampler(
-        batch_size, lengths=lengths, generator=generator)
+    sampler = LengthBucketSampler(lengths, batch_size, seed)
+    trainer._get_train_sampler = lambda dataset=None: sampler
     return True
 
 
