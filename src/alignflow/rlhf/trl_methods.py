@@ -200,9 +200,11 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
         raise ValueError(f"align.method {method!r} is not a TRL method")
 
     lengths = None
-    if method in OFFLINE_METHODS:
-        if align.group_by_length and not group_by_length(trainer, align.batch_size * align.grad_accum, params.seed):
+    # KTO keeps a random order: its batches need desirable and undesirable examples side by side.
+    if method in PAIRWISE_METHODS and align.group_by_length:
+        if not group_by_length(trainer, align.batch_size * align.grad_accum, params.seed):
             log.info("align.group_by_length: the %s dataset has no token ids; batches keep a random order", method)
+    if method in OFFLINE_METHODS:
         lengths = LengthMeter(trainer.data_collator)
         trainer.data_collator = lengths
     trainer.add_callback(curve_callback(method, beta, lengths))  # first: the later callbacks see the curve keys
