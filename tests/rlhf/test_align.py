@@ -196,7 +196,7 @@ def test_pairwise_stage_raises_preference_accuracy(method, tmp_path, monkeypatch
     before = preference_accuracy(sft, tok, pairs)
 
     params = stage_params(tmp_path, method=method, max_steps=8, batch_size=4, learning_rate=5e-3,
-                          **PAIRWISE_PARAMS[method])
+                          group_by_length=True, **PAIRWISE_PARAMS[method])  # the length-bucketed batches wired
     metrics = align.run(params, tracker)
 
     policy, ptok = load_causal_lm("models/policy", device="cpu")

@@ -229,7 +229,7 @@ class AlignParams(Section):
     max_prompt_length: int = Field(128, ge=8)
     max_new_tokens: int = Field(64, ge=1, description="online methods: response tokens")
     max_prompts: int | None = Field(None, ge=1, description="online methods: cap on training prompts")
-    group_by_length: bool = Field(True, description="dpo, orpo, simpo: batches of similar length (less padding)")
+    group_by_length: bool = Field(False, description="dpo, orpo, simpo: batches of similar length (less padding)")
     # Online methods (ppo, grpo, rloo): reward_model | verifier (IFEval's checkers on constraint
     # prompts: RLVR) | sum; constraint_prompts of prompts_ifeval_train join the training prompts.
     reward: Literal["reward_model", "verifier", "sum"] = "reward_model"
