@@ -27,6 +27,7 @@ PROMPTS = [
 PROMPT_LEARNING = ("prefix", "prompt", "ptuning")
 # What every prompt-learning run needs besides its own settings (validation says why).
 PROMPT_LEARNING_OK = {"align.method": "best_of_n", "reward.base": "tiny:llama"}
+LM_REWARD = {"reward.backbone": "lm"}  # reward.base / reward.peft: the LM backbone (the default embeds)
 # tiny:llama: hidden 64, 2 layers, 2 key/value heads of 16 dims (k/v width 32)
 HIDDEN, LAYERS, KV_DIM = 64, 2, 32
 METHODS = {
@@ -174,7 +175,7 @@ def test_ia3_and_adalora_defaults_fit_every_tiny_architecture(arch):
 @pytest.mark.parametrize("overrides, message", [
     ({"sft.peft": "prompt", "reward.base": "tiny:llama"},
      r"sft.peft: prompt adds learned virtual tokens .* align.method: dpo trains a fresh LoRA on the merged SFT"),
-    ({"sft.peft": "ptuning", "align.method": "best_of_n"},
+    ({"sft.peft": "ptuning", "align.method": "best_of_n", **LM_REWARD},
      r"reward.base: models/sft will hold a ptuning adapter .* set reward.base to a full model, e.g. tiny:llama"),
     ({"sft.peft": "prefix", **PROMPT_LEARNING_OK, "sft.packing": True},
      r"sft.packing: true does not work with sft.peft: prefix"),
@@ -188,18 +189,18 @@ def test_ia3_and_adalora_defaults_fit_every_tiny_architecture(arch):
      r"sft.peft: prompt cannot run on eval.backend: ct2"),
     ({"sft.peft": "prompt", **PROMPT_LEARNING_OK, "sft.prompt.num_virtual_tokens": 200, "sft.max_length": 900},
      r"sft.prompt.num_virtual_tokens: 200 virtual tokens \+ max_length \(900\) are above the context of tiny:llama"),
-    ({"reward.peft": "prefix", "reward.base": "tiny:llama"},
+    ({"reward.peft": "prefix", "reward.base": "tiny:llama", **LM_REWARD},
      r"reward.peft: prefix does not work for a reward model: .*past_key_values"),
-    ({"reward.peft": "prompt", "reward.base": "tiny:llama"},
+    ({"reward.peft": "prompt", "reward.base": "tiny:llama", **LM_REWARD},
      r"reward.peft: prompt does not work for a reward model: .*reads the reward at a pad token"),
-    ({"reward.peft": "ptuning", "reward.base": "tiny:llama"}, r"reward.peft: ptuning does not work for a reward model"),
+    ({"reward.peft": "ptuning", "reward.base": "tiny:llama", **LM_REWARD}, r"reward.peft: ptuning does not work for a reward model"),
     ({"sft.peft": "adalora", "sft.adalora.tinit": 3, "sft.adalora.tfinal": 1},
      r"sft.adalora.tinit: tinit \(3\) \+ tfinal \(1\) leave no step of max_steps \(4\)"),
     ({"sft.peft": "adalora", "sft.adalora.target_r": 16}, r"sft.adalora: Value error, target_r: 16 is above init_r \(12\)"),
     ({"sft.peft": "ia3", "sft.ia3.target_modules": ["k_proj"], "sft.ia3.feedforward_modules": ["down_proj"]},
      r"sft.ia3: Value error, feedforward_modules: \['down_proj'\] are not in target_modules"),
     ({"sft.peft": "qlora"}, r"sft.peft: qlora needs a GPU"),
-    ({"reward.peft": "qlora", "reward.base": "tiny:llama"}, r"reward.peft: qlora needs a GPU"),
+    ({"reward.peft": "qlora", "reward.base": "tiny:llama", **LM_REWARD}, r"reward.peft: qlora needs a GPU"),
 ])
 def test_validation_rejects_what_cannot_work_naming_the_param(overrides, message):
     with pytest.raises(ParamsError, match=message):
@@ -211,7 +212,7 @@ def test_every_method_validates_where_it_can_work(method):
     params = validate(smoke_params(method_params(method)))
     assert params.sft.peft == method
     if method not in PROMPT_LEARNING:  # weight methods also go on the reward model, on models/sft
-        assert validate(smoke_params({"sft.peft": method, "reward.peft": method})).reward.peft == method
+        assert validate(smoke_params({"sft.peft": method, "reward.peft": method, **LM_REWARD})).reward.peft == method
 
 
 def test_prompt_learning_reward_models_fail_as_validation_says():

@@ -84,7 +84,7 @@ def test_params_that_cannot_work_together_fail_validation():
     with pytest.raises(ValueError, match="sft.peft: qlora needs a GPU"):
         validate(smoke_params({"sft.peft": "qlora"}))
     with pytest.raises(ValueError, match="reward.peft: qlora needs a GPU"):
-        validate(smoke_params({"reward.peft": "qlora", "reward.base": "tiny:llama"}))
+        validate(smoke_params({"reward.peft": "qlora", "reward.base": "tiny:llama", "reward.backbone": "lm"}))
     with pytest.raises(ValueError, match=r"sft.max_length: 4096 is above the context of tiny:llama \(1024 tokens\)"):
         validate(smoke_params({"sft.max_length": 4096}))
     with pytest.raises(ValueError, match="sft.packing: on a GPU packing needs flash attention"):
