@@ -43,6 +43,7 @@ from alignflow.evaluation.generations import (
     eval_seeds,
     generate_all,
     generate_models,
+    model_key,
 )
 from alignflow.evaluation.inputs import (
     HARMFUL_TEST,
@@ -215,7 +216,7 @@ def _write_report(out: Path, metrics, gens, records, winrates, cis, gate_record,
     diagnostics = {}
     for name, g in gens.items():
         d = M.diagnostic_rates(g.responses)
-        d["list where none was asked"] = metrics["unrequested_list_rate" + ("" if name == CANDIDATE else f"_{name}")]
+        d["list where none was asked"] = metrics[model_key("unrequested_list_rate", name)]
         d["refusal on harmful prompts"] = M.refusal_rate(g.harmful)
         d["truncated (no EOS)"] = 1.0 - float(np.mean(g.finished)) if g.finished else math.nan
         d["mean length (words)"] = M.length_stats(g.lengths)["mean"]

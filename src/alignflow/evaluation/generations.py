@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 CANDIDATE = "policy"  # the model name used in tables and plots for the candidate
 
 
+def model_key(key: str, model: str) -> str:
+    """A per-model metric's name: unsuffixed for the candidate, `key`_`model` for the others."""
+    return key if model == CANDIDATE else f"{key}_{model}"
+
+
 @dataclass
 class Generated:
     """One model's responses on the benign (test) prompts, the harmful prompts and the

@@ -9,7 +9,6 @@ of it); per constraint type, the share of that type's constraints followed (stri
 from __future__ import annotations
 
 import math
-
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any

@@ -9,7 +9,7 @@ import numpy as np
 
 from alignflow.config import Params
 from alignflow.evaluation import metrics as M
-from alignflow.evaluation.generations import CANDIDATE, Generated
+from alignflow.evaluation.generations import CANDIDATE, Generated, model_key
 from alignflow.evaluation.inputs import REWARD_DIR, EvalInputs
 
 
@@ -105,7 +105,7 @@ def descriptive_metrics(gens: dict[str, Generated], asked: list[str]) -> dict[st
     out: dict[str, float] = {}
     cand = gens[CANDIDATE]
     for name, g in gens.items():
-        suffix = "" if name == CANDIDATE else f"_{name}"
+        suffix = model_key("", name)  # "" for the candidate, "_sft", "_base", …
         rewards = np.asarray(g.rewards, float)
         out[f"reward_mean{suffix}"] = float(rewards.mean()) if rewards.size else math.nan
         out[f"reward_std{suffix}"] = float(rewards.std()) if rewards.size else math.nan

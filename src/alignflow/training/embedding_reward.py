@@ -3,8 +3,8 @@ embeddings (models/embedding_reward.py).
 
 Every pair is embedded once (the encoder never trains), then w minimises the same loss as
 the LM reward model, −log σ(w·(f_chosen − f_rejected) − margin) (margins only with
-`reward.embedding.use_margin`), plus an L2 penalty (`reward.embedding.l2`), by L-BFGS: convex, so it converges in a few dozen iterations and the
-result does not depend on a learning rate or a step budget. Written like the LM path's outputs:
+`reward.embedding.use_margin`), plus an L2 penalty (`reward.embedding.l2`), by L-BFGS: convex,
+so it converges in a few dozen iterations and the result does not depend on a learning rate or a step budget. Written like the LM path's outputs:
 models/reward/, plots/reward_loss.csv and plots/reward_eval.csv (per L-BFGS round, with the
 seconds since the stage started, embedding included), metrics with `eval_accuracy` on the
 validation pairs.
