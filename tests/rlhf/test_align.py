@@ -195,8 +195,9 @@ def test_pairwise_stage_raises_preference_accuracy(method, tmp_path, monkeypatch
     sft, tok = load_causal_lm("models/sft", device="cpu")
     before = preference_accuracy(sft, tok, pairs)
 
-    params = stage_params(tmp_path, method=method, max_steps=8, batch_size=4, learning_rate=5e-3,
-                          group_by_length=True, **PAIRWISE_PARAMS[method])  # the length-bucketed batches wired
+    # length-bucketed batches, each step's 4 pairs in 2 forwards of 2: both wired
+    params = stage_params(tmp_path, method=method, max_steps=8, batch_size=4, micro_batch_size=2, learning_rate=5e-3,
+                          group_by_length=True, **PAIRWISE_PARAMS[method])
     metrics = align.run(params, tracker)
 
     policy, ptok = load_causal_lm("models/policy", device="cpu")

@@ -23,17 +23,18 @@ from alignflow.rlhf.align_common import check_finite
 log = logging.getLogger(__name__)
 
 
-def training_args(align, params, run_dir: str, *, per_device_batch: int) -> dict[str, Any]:
+def training_args(align, params, run_dir: str, *, per_device_batch: int, grad_accum: int | None = None) -> dict[str, Any]:
     """TrainingArguments shared by the TRL alignment configs."""
     from alignflow.training.common import runtime_args
 
     return dict(
         output_dir=run_dir,
         per_device_train_batch_size=per_device_batch,
-        gradient_accumulation_steps=align.grad_accum,
+        gradient_accumulation_steps=grad_accum or align.grad_accum,
         learning_rate=align.learning_rate,
         max_steps=align.max_steps,
         lr_scheduler_type="constant",  # short runs: no decay to cut the last steps short
+        activation_checkpointing=align.gradient_checkpointing,  # TRL's default (on) is not ours
         logging_steps=1,
         save_steps=align.save_steps,
         **runtime_args(params),
@@ -107,8 +108,7 @@ def reference_free_trainer(method: str, align, common: dict[str, Any], model, to
     import os
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # a pinned TRL; these paths are tested
-    # The experimental configs default to gradient checkpointing and bf16: the CPU defaults win.
-    shared = dict(common, max_length=align.max_length, gradient_checkpointing=False)
+    shared = dict(common, max_length=align.max_length)
     if method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
@@ -140,7 +140,8 @@ def trl_train_loop(config: dict) -> dict[str, Any]:
     tokenizer.padding_side = "right" if method in OFFLINE_METHODS else "left"
     _, world_size = world()
     per_step = align.batch_size * align.grad_accum * world_size
-    common = training_args(align, params, run_dir, per_device_batch=align.batch_size)
+    per_forward, forwards_per_step = align.forward_batch()
+    common = training_args(align, params, run_dir, per_device_batch=per_forward, grad_accum=forwards_per_step)
     beta = None
 
     if method in PAIRWISE_METHODS:
