@@ -7,6 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -97,6 +101,12 @@ def seed_project(project, server=None, **synth):
     return params
 
 
+def with_cache(params, cache_dir: str):
+    """The same params with another teacher cache (a run that has asked nothing yet)."""
+    teacher = params.synthesize.teacher.model_copy(update={"cache_dir": cache_dir})
+    return params.model_copy(update={"synthesize": params.synthesize.model_copy(update={"teacher": teacher})})
+
+
 # ------------------------------------------------------------------------------------ the stage
 
 
@@ -171,8 +181,7 @@ def test_kill_and_resume_reuses_the_cache(project):
         first = (project.path / "data" / "synth" / "conversations.jsonl").read_bytes()
 
         calls["n"] = 0
-        fresh = stage.run(params.model_copy(update={"synthesize": params.synthesize.model_copy(update={
-            "teacher": params.synthesize.teacher.model_copy(update={"cache_dir": "fresh-cache"})})}), NullTracker())
+        fresh = stage.run(with_cache(params, "fresh-cache"), NullTracker())
         assert fresh["cache_hits"] == 0 and fresh["teacher_calls"] == resumed["teacher_calls"] + 5
         assert (project.path / "data" / "synth" / "conversations.jsonl").read_bytes() == first
 
@@ -180,6 +189,43 @@ def test_kill_and_resume_reuses_the_cache(project):
         again = stage.run(params, NullTracker())
         assert calls["n"] == 0 and again["teacher_calls"] == 0 and again["cache_hits"] == fresh["teacher_calls"]
         assert (project.path / "data" / "synth" / "conversations.jsonl").read_bytes() == first
+    finally:
+        srv.close()
+
+
+def test_sigkill_mid_run_then_resume(project):
+    """kill -9 of a synthesis run while the teacher answers its 6th request: the 5 answers it got
+    are in the cache, and the re-run asks only the others."""
+    state = {"n": 0, "hold": True}
+    arrived, release = threading.Event(), threading.Event()
+
+    def held(body):
+        state["n"] += 1
+        if state["hold"] and state["n"] > 5:
+            arrived.set()
+            release.wait(60)
+            return 503
+        return scripted(body)
+
+    srv = ChatServer(held)
+    try:
+        params = seed_project(project, srv, teacher={"batch_size": 1})
+        code = ("from alignflow.config import load_params\nfrom alignflow.data.synthesis.stage import run\n"
+                "run(load_params('params.yaml'), None)\n")
+        child = subprocess.Popen([sys.executable, "-c", code], cwd=project.path, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+        try:
+            assert arrived.wait(120), child.stderr.read().decode()[-2000:] if child.poll() is not None else "no request"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(30)
+            release.set()
+        state.update(n=0, hold=False)
+        resumed = stage.run(params, NullTracker())
+        assert resumed["cache_hits"] == 5 and resumed["teacher_calls"] == state["n"] > 0
+        state["n"] = 0
+        fresh = stage.run(with_cache(params, "fresh-cache"), NullTracker())
+        assert fresh["teacher_calls"] == resumed["teacher_calls"] + 5  # what a run without the kill asks
     finally:
         srv.close()
 
