@@ -123,7 +123,7 @@ class EvolInstruct:
             self.candidates += 1
             text = clean_rewrite(reply)
             candidate = {"parent": parent.id, "operation": op, "round": r, "instruction": text}
-            verdict = ("teacher_failed", "no reply after retries") if reply is None else self.instruction_verdict(parent, text)
+            verdict = F.TEACHER_FAILED if reply is None else self.instruction_verdict(parent, text)
             if verdict:
                 self.drop(candidate, *verdict)
                 next_pool.append(parent)  # a failed evolution: the parent is evolved again next round
@@ -134,7 +134,7 @@ class EvolInstruct:
         answers = self.teacher.ask([Request([msg("user", text)]) for _, _, text in alive])
         for (parent, op, text), answer in zip(alive, answers):
             candidate = {"parent": parent.id, "operation": op, "round": r, "instruction": text, "output": answer}
-            verdict = (("teacher_failed", "no reply after retries") if answer is None else
+            verdict = (F.TEACHER_FAILED if answer is None else
                        F.stopwords_only(answer) or F.cannot_answer(answer, self.p.sorry_max_words))
             if verdict:
                 self.drop(candidate, *verdict)

@@ -14,6 +14,7 @@ from alignflow.data.filters import punctuation_only
 from alignflow.data.text import normalize_for_match, tokens
 
 Verdict = tuple[str, str] | None
+TEACHER_FAILED: Verdict = ("teacher_failed", "no reply after retries")  # not cached: the next run asks again
 
 # A short English stop-word list (function words): elimination rule 3 drops an answer made of
 # these and punctuation only; the English check wants some of them in any sentence.

@@ -188,7 +188,7 @@ class SelfInstruct:
         pending: list[list[str]] = []
         for shown, reply in zip(shown_sets, replies):
             if reply is None:
-                self.drop({"round": r}, "teacher_failed", "no reply after retries")
+                self.drop({"round": r}, *F.TEACHER_FAILED)
                 continue
             for text in parse_instructions(reply):
                 self.candidates += 1
@@ -216,8 +216,7 @@ class SelfInstruct:
                 continue
             inp, out = parse_instance(reply, clf)
             candidate = {"instruction": text, "input": inp, "output": out, "classification": clf, "round": r}
-            verdict = F.instance_check(text, inp, out, self.p.max_output_words) if reply is not None else (
-                "teacher_failed", "no reply after retries")
+            verdict = F.TEACHER_FAILED if reply is None else F.instance_check(text, inp, out, self.p.max_output_words)
             if verdict:
                 self.drop(candidate, *verdict)
                 continue
