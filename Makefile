@@ -72,4 +72,4 @@ exps: setup ## compare DVC experiments in a terminal: headline metrics and param
 	$(BIN)/dvc exp show --only-changed --drop 'Created|.*_ci_|(data|models|src|components)/'
 
 clean-outputs: ## remove pipeline outputs (not the raw inputs: those are never modified)
-	rm -rf data/raw data/clean data/formatted data/samples data/prefs models reports plots metrics .smoke
+	rm -rf data/raw data/synth data/clean data/formatted data/samples data/prefs models reports plots metrics .smoke

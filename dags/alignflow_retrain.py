@@ -1,6 +1,6 @@
 """alignflow_retrain: the DVC pipeline (dvc.yaml) as an Airflow 3 DAG, one task per stage.
 
-    start_run -> dvc_pull -> collect -> clean -> ... -> eval -> promote -> dvc_push -> finish_run
+    start_run -> dvc_pull -> collect -> synthesize -> clean -> ... -> eval -> promote -> dvc_push -> finish_run
 
 - Tasks and dependencies come from dvc.yaml (alignflow.orchestration.dvc_graph), so the DAG
   and `dvc repro` cannot disagree; each stage task runs `dvc repro --single-item <stage>` in

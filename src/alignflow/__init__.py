@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 
-STAGES = ("collect", "clean", "format", "sft", "sample", "rank", "reward", "align", "eval")
+STAGES = ("collect", "synthesize", "clean", "format", "sft", "sample", "rank", "reward", "align", "eval")

@@ -29,6 +29,7 @@ LINES_PER_RUN = 10  # non-TTY: about this many progress lines per run
 # The end line's numbers, per stage (the first ones present).
 HEADLINES = {
     "collect": ("conversations", "preferences", "prompts"),
+    "synthesize": ("records", "seconds_per_record"),
     "clean": ("kept_fraction", "rejected"),
     "format": ("sft_train", "prefs_train", "prompts_train"),
     "sft": ("eval_loss", "train_loss"),
@@ -112,6 +113,13 @@ def _size(stage: str, params) -> str:
                 f"{seeds}, judge {e.judge}, ≤{e.max_new_tokens} new tokens")
     if stage == "collect":
         return f"{len(params.collect.sources)} sources"
+    if stage == "synthesize":
+        syn = params.synthesize
+        if not syn.enabled:
+            return "off (synthesize.enabled: false)"
+        methods = [f"self_instruct → {syn.self_instruct.target} tasks"] if syn.self_instruct.enabled else []
+        methods += [f"evol_instruct {syn.evol_instruct.rounds} rounds × ≤{syn.evol_instruct.max_inputs}"] if syn.evol_instruct.enabled else []
+        return f"{', '.join(methods)}, teacher {syn.teacher.backend}:{syn.teacher.model}"
     return ""
 
 

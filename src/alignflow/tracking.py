@@ -61,8 +61,11 @@ PARENT_METRICS = {
 PARENT_PARAMS = (
     "profile", "seed", "model.base", "sft.peft", "sft.max_steps", "sft.learning_rate", "sample.k",
     "rank.judge", "reward.max_steps", "align.method", "align.learning_rate", "align.max_steps",
-    "align.batch_size", "eval.judge", "eval.max_prompts",
+    "align.batch_size", "eval.judge", "eval.max_prompts", "synthesize.enabled", "selection.enabled",
+    "selection.keep_fraction",
 )
+# Sections a stage reads besides its own (its run logs them too).
+EXTRA_SECTIONS = {"format": ("selection",)}
 # Sampled often enough that a stage of 30 s draws a curve (MLflow's default is every 10 s).
 SYSTEM_METRICS_INTERVAL_S = 5
 # Which process owns a RUNNING run: a run whose process died (kill -9) is marked KILLED by the next.
@@ -207,8 +210,9 @@ def dvc_stage_hashes(lock_path: str | os.PathLike = "dvc.lock") -> dict[str, str
 def stage_params(params: Params, stage: str) -> dict[str, Any]:
     dumped = params.model_dump(mode="json")
     keep = {k: dumped[k] for k in COMMON_SECTIONS if k in dumped}
-    if stage in dumped:
-        keep[stage] = dumped[stage]
+    for section in (stage, *EXTRA_SECTIONS.get(stage, ())):
+        if section in dumped:
+            keep[section] = dumped[section]
     return flatten(keep)
 
 

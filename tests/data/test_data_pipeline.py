@@ -1,4 +1,4 @@
-"""Integration: collect -> clean -> format with `dvc repro` (via `alignflow repro`) in a scratch git
+"""Integration: collect -> synthesize (off) -> clean -> format with `dvc repro` (via `alignflow repro`) in a scratch git
 repo on the bundled sample, MLflow runs checked on a real tracking server."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import yaml
 
 from tests.conftest import run_in
 
-STAGES = ("collect", "clean", "format")
+STAGES = ("collect", "synthesize", "clean", "format")
 
 
 def ran(proc) -> set[str]:
@@ -75,5 +75,5 @@ def test_data_stages_under_dvc_and_mlflow(workspace, tracking_env):
     assert children["format"].data.metrics["sft_train"] == len(sft_train)
     parent = client.get_run(parents["data-1"].info.run_id)
     # the parent carries the headline only (data stages have none) and the pipeline's wall time
-    assert not any(k.startswith(("collect.", "clean.", "format.")) for k in parent.data.metrics)
+    assert not any(k.startswith(("collect.", "synthesize.", "clean.", "format.")) for k in parent.data.metrics)
     assert parent.data.metrics["wall_time_s"] > 0

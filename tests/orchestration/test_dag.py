@@ -218,8 +218,8 @@ def test_docker_operator_config(tmp_path, monkeypatch):
 
 
 def test_selected_stages(tmp_path):
-    dag = load_dag(mini_project(tmp_path, {"orchestration.stages": ["collect", "clean"]}))
-    assert set(dag.task_ids) == {"start_run", "dvc_pull", "collect", "clean", "dvc_push", "finish_run"}
+    dag = load_dag(mini_project(tmp_path, {"orchestration.stages": ["collect", "synthesize", "clean"]}))
+    assert set(dag.task_ids) == {"start_run", "dvc_pull", "collect", "synthesize", "clean", "dvc_push", "finish_run"}
     assert dag.get_task("dvc_push").upstream_task_ids == {"clean"}
 
 

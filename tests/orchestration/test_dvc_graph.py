@@ -49,9 +49,12 @@ def test_directory_outputs_metrics_and_wdir():
 
 def test_select_requires_upstream_stages():
     pipeline = load_pipeline(ROOT / "dvc.yaml")
-    sub = pipeline.select(["clean", "collect"])
-    assert sub.names == ["collect", "clean"] and sub.edges() == {("collect", "clean")}
-    with pytest.raises(DvcGraphError, match="sft needs clean, collect, format"):
+    sub = pipeline.select(["clean", "synthesize", "collect"])
+    assert sub.names == ["collect", "synthesize", "clean"]
+    assert sub.edges() == {("collect", "synthesize"), ("collect", "clean"), ("synthesize", "clean")}
+    with pytest.raises(DvcGraphError, match="clean needs synthesize"):
+        pipeline.select(["collect", "clean"])
+    with pytest.raises(DvcGraphError, match="sft needs clean, collect, format, synthesize"):
         pipeline.select(["sft"])
     with pytest.raises(DvcGraphError, match="not in dvc.yaml: \\['nope'\\]"):
         pipeline.select(["nope"])

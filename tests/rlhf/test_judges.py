@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from alignflow.io import InputError
 from alignflow.rlhf import judges, labelstudio
+from tests.chat_server import ChatServer as FakeJudgeServer
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -81,40 +80,6 @@ def test_build_judge_from_params():
 
 
 # ---------------------------------------------------------------- LLM judge over HTTP
-
-
-class FakeJudgeServer:
-    """An OpenAI-compatible /chat/completions on 127.0.0.1 whose replies a test scripts."""
-
-    def __init__(self, reply_fn):
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server API)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                outer.headers.append(dict(self.headers))
-                raw = reply_fn(body)
-                payload = raw if isinstance(raw, bytes) else json.dumps(
-                    {"choices": [{"message": {"role": "assistant", "content": raw}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _shown(body: dict) -> tuple[str, str]:

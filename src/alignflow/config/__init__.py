@@ -21,6 +21,7 @@ from alignflow.config.data import CleanParams, CollectParams, FormatParams
 from alignflow.config.evaluation import EvalParams
 from alignflow.config.orchestration import OrchestrationParams
 from alignflow.config.rlhf import AlignParams, RankParams, SampleParams
+from alignflow.config.synthesis import SelectionParams, SynthesizeParams
 from alignflow.config.training import RewardParams, SFTParams
 from alignflow.io import InputError, read_yaml
 
@@ -38,8 +39,10 @@ class Params(Section):
     ray: RayParams = RayParams()
     tracking: TrackingParams = TrackingParams()
     collect: CollectParams = CollectParams()
+    synthesize: SynthesizeParams = SynthesizeParams()
     clean: CleanParams = CleanParams()
     format: FormatParams = FormatParams()
+    selection: SelectionParams = SelectionParams()
     sft: SFTParams = SFTParams()
     sample: SampleParams = SampleParams()
     rank: RankParams = RankParams()

@@ -27,6 +27,8 @@ class SourceParams(Section):
     task: str | None = Field(None, description="task label used for splits and mixing; default: the name")
     weight: float = Field(1.0, gt=0, description="relative share of this task in the training mix")
     license: str = "unknown"
+    # Seed tasks for the synthesize stage (Self-Instruct's task pool, Evol-Instruct's first round).
+    seeds: bool = False
 
     @model_validator(mode="after")
     def _one_location(self) -> "SourceParams":

@@ -1,14 +1,16 @@
-"""clean: data/raw -> data/clean, step by step, every drop written to rejects.jsonl with its reason.
+"""clean: data/raw and data/synth -> data/clean, step by step, every drop written to rejects.jsonl with its reason.
 
 Steps (each switchable in params `clean.*`), per record kind (conversations, preferences, prompts):
 normalize (unicode, HTML, whitespace) -> PII masking -> quality -> safety blocklist -> exact dedup
 -> near dedup (MinHash LSH) -> diversity (ROUGE-L) -> decontamination against the eval sets.
-Outputs: the three kinds, rejects.jsonl, decontamination.json (what matched), sources.json
+data/synth holds the synthesize stage's records (none unless it is enabled): they pass every
+step like collected ones. Outputs: the three kinds, rejects.jsonl, decontamination.json (what matched), sources.json
 (passed through for format) and eval_prompts.jsonl (the eval sets as prompt records).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from alignflow.data.sources import kind_of, read_source
 from alignflow.io import InputError, RejectWriter, atomic_dir, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
-RAW_DIR, CLEAN_DIR = Path("data/raw"), Path("data/clean")
+RAW_DIR, SYNTH_DIR, CLEAN_DIR = Path("data/raw"), Path("data/synth"), Path("data/clean")
 STEPS = ("normalize", "pii", "quality", "safety", "exact_dedup", "near_dedup", "diversity", "decontamination")
 
 
@@ -223,22 +225,41 @@ def read_raw(kind: str) -> list[dict]:
     return list(read_jsonl(path))
 
 
+def read_synthetic(kind: str) -> list[dict]:
+    """The synthesize stage's records of this kind (none when it is off or was not run): they go
+    through every step like collected ones."""
+    path = SYNTH_DIR / f"{kind}.jsonl"
+    return list(read_jsonl(path)) if path.exists() else []
+
+
+def merged_sources() -> str:
+    """collect's manifest, plus synthesize's tasks when it made any (format mixes by task weight).
+    Without synthetic tasks it is collect's file as it was, byte for byte."""
+    raw = (RAW_DIR / "sources.json").read_text(encoding="utf-8") if (RAW_DIR / "sources.json").exists() else "[]\n"
+    synth = json.loads((SYNTH_DIR / "sources.json").read_text(encoding="utf-8")) if (SYNTH_DIR / "sources.json").exists() else []
+    if not synth:
+        return raw
+    return json.dumps(json.loads(raw) + synth, indent=2, ensure_ascii=False) + "\n"
+
+
 def run(params: Params, tracker) -> dict[str, Any]:
     p = params.clean
     eval_prompts, eval_refs = load_eval_sets(p) if p.decontamination.enabled else ([], [])
     index = EvalIndex([r["text"] for r in eval_refs], p.decontamination.ngram, p.decontamination.substring_chars) if eval_refs else None
     rejects = RejectWriter("clean")
     cleaner = Cleaner(p, rejects, index, eval_refs)
-    inputs, outputs = {}, {}
+    inputs, outputs, synthetic = {}, {}, 0
     for kind in KINDS:
-        records = read_raw(kind)
+        extra = read_synthetic(kind)
+        synthetic += len(extra)
+        records = read_raw(kind) + extra
         inputs[kind] = len(records)
         outputs[kind] = cleaner.run(kind, records)
         log.info("clean %s: %d -> %d", kind, inputs[kind], len(outputs[kind]))
     if sum(len(v) for v in outputs.values()) == 0:
         raise InputError(f"clean: every record was dropped ({dict(rejects.counts)}); check the clean.* params")
 
-    sources = (RAW_DIR / "sources.json").read_text(encoding="utf-8") if (RAW_DIR / "sources.json").exists() else "[]\n"
+    sources = merged_sources()
     report = {
         "eval_sets": [e.model_dump() for e in p.decontamination.eval_sets],
         "ngram": p.decontamination.ngram, "substring_chars": p.decontamination.substring_chars,
@@ -254,9 +275,13 @@ def run(params: Params, tracker) -> dict[str, Any]:
         (tmp / "sources.json").write_text(sources, encoding="utf-8")
 
     tracker.log_artifact(CLEAN_DIR / "decontamination.json")
-    return {
+    metrics = {
         "input": inputs, "output": {k: len(v) for k, v in outputs.items()}, "rejected": len(rejects),
         "kept_fraction": round(sum(len(v) for v in outputs.values()) / max(1, sum(inputs.values())), 4),
         "steps": {s: cleaner.steps[s].as_dict() for s in STEPS},
         "dropped_by_kind": {k: dict(v) for k, v in cleaner.by_kind.items()},
     }
+    if synthetic:  # how many synthetic records survived dedup, diversity and decontamination
+        kept = sum(str(r.get("source", "")).startswith("synthetic:") for v in outputs.values() for r in v)
+        metrics["synthetic"] = {"input": synthetic, "output": kept}
+    return metrics

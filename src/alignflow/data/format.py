@@ -31,11 +31,13 @@ import xxhash
 
 from alignflow.config import Params
 from alignflow.config.data import OUTPUT_FILES, ConstraintParams, FormatParams, SplitParams
+from alignflow.data.selection import write_scores_csv
 from alignflow.data.sources import prompt_record
 from alignflow.io import InputError, RejectWriter, atomic_dir, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 CLEAN_DIR, OUT_DIR = Path("data/clean"), Path("data/formatted")
+SELECTION_PLOT = Path("plots/selection_scores.csv")  # rank (best first), score, kept; no rows unless selection.enabled
 SPLITS = ("train", "val", "test")
 
 
@@ -303,12 +305,27 @@ def build_outputs(conversations: list[dict], preferences: list[dict], prompts: l
     return out
 
 
+def select_sft_train(conversations: list[dict], outputs: dict[str, list[dict]], params: Params, rejects: RejectWriter):
+    """`selection.*` on the train split's conversations (data/selection.py): sft_train keeps the
+    selected ones, each with its `quality_score`; every other file is left as it was."""
+    from alignflow.data.selection import select
+
+    p, seed = params.format, params.seed
+    train = [r for r in conversations if split_of(r["id"], r["task"], seed, p.splits) == "train"]
+    selected = select(train, params.selection, seed, rejects)
+    scores = selected.kept
+    outputs["sft_train"] = [{**ex, **({} if scores[ex["id"]] is None else {"quality_score": scores[ex["id"]]})}
+                            for ex in outputs["sft_train"] if ex["id"] in scores]
+    return selected
+
+
 def run(params: Params, tracker) -> dict[str, Any]:
     p, seed = params.format, params.seed
     conversations, preferences, prompts = (read_clean(k) for k in ("conversations", "preferences", "prompts"))
     outputs = build_outputs(conversations, preferences, prompts, p, seed)
     weights = task_weights()
     rejects = RejectWriter("format")
+    selected = select_sft_train(conversations, outputs, params, rejects) if params.selection.enabled else None
     checker = LengthChecker(load_tokenizer(params.model.base), p.max_length, p.max_prompt_length, p.over_long, rejects)
     check = {"sft": checker.sft, "prefs": checker.preference, "prompts": checker.prompt}
 
@@ -345,10 +362,13 @@ def run(params: Params, tracker) -> dict[str, Any]:
         rejects.write(tmp / "rejects.jsonl")
         write_json(tmp / "stats.json", stats)
 
+    write_scores_csv(selected.plot if selected else [], SELECTION_PLOT)
     tracker.log_artifact(OUT_DIR / "stats.json")
     metrics: dict[str, Any] = {name: s["records"] for name, s in stats["files"].items()}
     metrics["truncated"] = sum(c["truncated"] for c in checker.counts.values())
     metrics["dropped_over_long"] = sum(c["dropped_over_long"] for c in checker.counts.values())
     metrics["sft_train_tokens_p95"] = stats["files"]["sft_train"]["tokens_p95"]
     metrics["eval_prompts"] = len(eval_prompts)
+    if selected:
+        metrics["selection"] = selected.metrics
     return metrics

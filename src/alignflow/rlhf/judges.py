@@ -275,19 +275,27 @@ class JudgeUnavailable(RuntimeError):
 
 
 class HTTPChatBackend:
-    """POST {base_url}/chat/completions (OpenAI-compatible); the key comes from the named env var."""
+    """POST {base_url}/chat/completions (OpenAI-compatible); the key comes from the named env var.
+
+    Greedy with a short reply by default (a judge's verdict); the synthesize stage's teacher
+    samples longer ones (`temperature`, `top_p`, and per-call `max_tokens` / `temperature`)."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout_s: float = 60.0,
-                 max_tokens: int = 8):
+                 max_tokens: int = 8, temperature: float = 0.0, top_p: float | None = None):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
+        self.temperature, self.top_p = temperature, top_p
 
-    def chat(self, messages: Messages) -> str | None:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0,
-                           "max_tokens": self.max_tokens}).encode()
+    def chat(self, messages: Messages, max_tokens: int | None = None, temperature: float | None = None) -> str | None:
+        payload = {"model": self.model, "messages": messages,
+                   "temperature": self.temperature if temperature is None else temperature,
+                   "max_tokens": max_tokens or self.max_tokens}
+        if self.top_p is not None:
+            payload["top_p"] = self.top_p
+        body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -308,21 +316,30 @@ class HTTPChatBackend:
 
 
 class LocalChatBackend:
-    """A local HF chat model answering greedily (alignflow.models spec or path)."""
+    """A local HF chat model (alignflow.models spec or path), greedy by default; `chat_many`
+    answers a list of conversations in batched generate() calls (the synthesize stage's teacher)."""
 
-    def __init__(self, spec: str, max_new_tokens: int = 8, model=None, tokenizer=None):
+    def __init__(self, spec: str, max_new_tokens: int = 8, model=None, tokenizer=None, temperature: float = 0.0,
+                 top_p: float = 1.0, batch_size: int = 8):
         if model is None:
             from alignflow.models import load_causal_lm
 
             model, tokenizer = load_causal_lm(spec)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_new_tokens = max_new_tokens
+        self.temperature, self.top_p, self.batch_size = temperature, top_p, batch_size
 
     def chat(self, messages: Messages) -> str | None:
+        return self.chat_many([messages])[0]
+
+    def chat_many(self, conversations: list[Messages], max_tokens: int | None = None, temperature: float | None = None,
+                  seed: int = 0) -> list[str]:
         from alignflow.rlhf.generation import generate
 
-        return generate(self.model, self.tokenizer, [messages], n=1, max_new_tokens=self.max_new_tokens,
-                        temperature=0.0, progress=False)[0][0]
+        replies = generate(self.model, self.tokenizer, conversations, n=1, max_new_tokens=max_tokens or self.max_new_tokens,
+                           temperature=self.temperature if temperature is None else temperature, top_p=self.top_p,
+                           seed=seed, batch_size=self.batch_size, progress=False)
+        return [r[0] for r in replies]
 
 
 class LLMJudge:
