@@ -423,6 +423,19 @@ def test_pairwise_steps_run_as_micro_batches_without_checkpointing(tmp_path):
         validate({"align": {"batch_size": 4, "micro_batch_size": 3}})
 
 
+def test_reference_log_probs_are_precomputed_only_when_the_run_sees_the_data_well_over_once():
+    """Before: `auto` precomputed at 240 pair-visits of 224 pairs, 3.7 min up front for 0.98 s a pair
+    against 0.68 s for a step's own reference forward."""
+    from alignflow.rlhf.trl_methods import _precompute
+
+    def auto(steps):
+        return _precompute(validate({}).align.dpo, validate({"align": {"max_steps": steps}}).align, 224, 4)
+
+    assert [auto(40), auto(60), auto(90)] == [False, False, True]
+    assert _precompute(validate({"align": {"dpo": {"precompute_ref_log_probs": True}}}).align.dpo,
+                       validate({}).align, 224, 4)
+
+
 # ------------------------------------------------------------------ 6. params that fail stages later
 
 
