@@ -54,6 +54,7 @@ bench: setup ## every benchmark; each prints its ratios and writes bench/results
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/sample_throughput.py
+	$(BIN)/python bench/align_step.py    # needs data/prefs/train.jsonl (make run)
 	$(BIN)/python bench/ppo_memory.py
 
 ui: setup ## MLflow UI on the local tracking DB: http://127.0.0.1:5000
