@@ -50,6 +50,10 @@ def test_describe_says_what_a_stage_will_do_and_how_long_at_the_last_runs_speed(
     assert progress.describe("reward", _params(**{"reward.backbone": "embedding"})) == \
         "reward: embedding backbone (all-MiniLM-L6-v2, ≤128 tokens) + a linear head"
     assert progress.describe("clean", params) == "clean: starting"
+    on = _params(**{"synthesize.enabled": True})
+    assert "last run's speed" not in progress.describe("synthesize", on, {"enabled": False, "wall_time_s": 3.0})
+    assert progress.describe("synthesize", on, {"enabled": True, "wall_time_s": 300.0}).endswith(
+        "~5 min at the last run's speed")
 
 
 def test_summary_is_the_headline_result():

@@ -139,6 +139,8 @@ def estimate_s(stage: str, params, last: dict[str, Any] | None) -> float | None:
         return None
     if stage == "align" and last.get("method") not in (None, params.align.method):
         return None  # another method: another speed
+    if stage == "synthesize" and last.get("enabled", False) != params.synthesize.enabled:
+        return None  # a disabled run writes empty files in seconds: no guide to a real one (and back)
     steps = planned_steps(stage, params)
     s_per_step, done = last.get("s_per_step"), last.get("steps")
     if steps and isinstance(s_per_step, (int, float)) and isinstance(done, int):
