@@ -12,7 +12,7 @@ per-step ratios a/c and b/c with a 95% t-interval over the paired steps. The los
 three runs are printed too: the same pairs give the same loss (up to float summation order).
 
     .venv/bin/python bench/align_step.py                          # embedded SmolLM2-135M, data/prefs/train.jsonl
-    .venv/bin/python bench/align_step.py --model tiny:llama --steps 3 --pairs tests/…/pairs.jsonl
+    .venv/bin/python bench/align_step.py --model tiny:llama --steps 3 --pairs pairs.jsonl
 """
 
 from __future__ import annotations
@@ -41,13 +41,11 @@ CONFIGS = {  # name -> (pairs per forward, gradient checkpointing)
 
 
 def read_pairs(path: Path, n: int) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            rec = json.loads(line)
-            rows.append({k: rec[k] for k in ("prompt", "chosen", "rejected")})
-            if len(rows) == n:
-                break
+    from itertools import islice
+
+    from alignflow.io import read_jsonl
+
+    rows = [{k: rec[k] for k in ("prompt", "chosen", "rejected")} for rec in islice(read_jsonl(path), n)]
     if not rows:
         raise SystemExit(f"{path}: no preference pairs (run `alignflow run rank`, or pass --pairs)")
     return rows
