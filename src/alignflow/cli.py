@@ -147,6 +147,25 @@ def _cmd_sync_deps(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_sweep_plot(args: argparse.Namespace, rest: list[str]) -> int:
+    from alignflow import sweeps
+
+    if rest:
+        print(f"alignflow sweep-plot: error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
+        return 2
+    try:
+        rows, page = sweeps.plot(args.param, args.metrics, only=args.exp or None)
+    except sweeps.SweepError as err:
+        print(f"alignflow sweep-plot: {err}", file=sys.stderr)
+        return 2
+    columns = ["experiment", args.param, *args.metrics]
+    print("\t".join(["experiment", args.param, *map(sweeps.metric_column, args.metrics)]))
+    for row in rows:
+        print("\t".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    print(f"{page} (one figure per metric; the CSVs beside it)")
+    return 0
+
+
 def _cmd_smoke(args: argparse.Namespace, rest: list[str]) -> int:
     from alignflow.smoke import run_smoke
 
@@ -193,6 +212,14 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("sync-deps", help="make the deps of collect in dvc.yaml follow collect.sources")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(fn=_cmd_sync_deps)
+
+    p = sub.add_parser("sweep-plot", help="one param against metrics over the DVC experiments of HEAD: a table "
+                       "and dvc_plots/sweeps/<param>/index.html (e.g. selection.keep_fraction metrics/sft.json:eval_loss)")
+    p.add_argument("param", help="a params.yaml key, e.g. selection.keep_fraction")
+    p.add_argument("metrics", nargs="+", metavar="FILE:KEY",
+                   help="a number in an experiment's JSON file, e.g. metrics/eval.json:ifeval_strict_policy")
+    p.add_argument("--exp", action="append", default=[], help="only these experiments (repeatable; default: all)")
+    p.set_defaults(fn=_cmd_sweep_plot)
 
     p = sub.add_parser("smoke", help="the whole DAG on a tiny model and tiny data, in a scratch workspace")
     p.add_argument("--workdir", default=".smoke")
