@@ -66,9 +66,12 @@ def sweep_rows(exps: list[dict], param: str, metrics: list[str], read: Callable[
             print(f"sweep-plot: {name} has no param {param}; skipped", file=sys.stderr)
             continue
         row: dict[str, Any] = {"experiment": name, param: x}
+        docs: dict[str, dict] = {}  # each file read once per experiment, however many of its keys are asked
         for spec in metrics:
             path, key = parse_metric(spec)
-            value = lookup(read(exp["rev"], path) or {}, key)
+            if path not in docs:
+                docs[path] = read(exp["rev"], path) or {}
+            value = lookup(docs[path], key)
             if not is_number(value):
                 print(f"sweep-plot: {name} has no number at {spec}; skipped", file=sys.stderr)
                 break
