@@ -166,6 +166,34 @@ def _cmd_sweep_plot(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_rm_accuracy(args: argparse.Namespace, rest: list[str]) -> int:
+    from alignflow.config import load_params
+    from alignflow.evaluation import reward_accuracy as ra
+    from alignflow.evaluation.judging import rm_pair_accuracy
+    from alignflow.io import InputError
+
+    if rest:
+        print(f"alignflow rm-accuracy: error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
+        return 2
+    try:
+        params = load_params(args.params)
+        files = [(Path(f), *ra.read_pairs(Path(f), args.format)) for f in args.files]
+        rm, rm_tok = ra.load_trained_reward_model(Path(args.model), params)
+    except InputError as err:
+        print(f"alignflow rm-accuracy: {err}", file=sys.stderr)
+        return 2
+    print("file\tpairs\taccuracy\t95% CI")
+    for path, pairs, skipped, first in files:
+        if skipped:
+            print(f"{path}: {skipped} rows skipped (first: {first})", file=sys.stderr)
+        if not pairs:
+            print(f"{path}\t0\t-\t-")
+            continue
+        est = rm_pair_accuracy(rm, rm_tok, pairs, params.eval, key="accuracy", seed=params.seed)
+        print(f"{path}\t{est['accuracy_n']}\t{est['accuracy']:.3f}\t{est['accuracy_ci_low']:.3f}-{est['accuracy_ci_high']:.3f}")
+    return 0
+
+
 def _cmd_smoke(args: argparse.Namespace, rest: list[str]) -> int:
     from alignflow.smoke import run_smoke
 
@@ -220,6 +248,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="a number in an experiment's JSON file, e.g. metrics/eval.json:ifeval_strict_policy")
     p.add_argument("--exp", action="append", default=[], help="only these experiments (repeatable; default: all)")
     p.set_defaults(fn=_cmd_sweep_plot)
+
+    p = sub.add_parser("rm-accuracy", help="a trained reward model's accuracy (+ 95%% CI) on held-out preference "
+                       "pairs of any file, e.g. HH-RLHF's test split")
+    p.add_argument("files", nargs="+", metavar="FILE", help="JSON Lines / JSON (.gz too) of preference pairs")
+    p.add_argument("--model", default="models/reward", help="a reward stage's output dir (default: models/reward)")
+    p.add_argument("--format", default="hh_rlhf", choices=["hh_rlhf", "preference"],
+                   help="hh_rlhf (chosen/rejected transcripts) | preference (prompt/chosen/rejected)")
+    p.add_argument("--params", default="params.yaml", help="eval.batch_size/max_length/bootstrap and the seed")
+    p.set_defaults(fn=_cmd_rm_accuracy)
 
     p = sub.add_parser("smoke", help="the whole DAG on a tiny model and tiny data, in a scratch workspace")
     p.add_argument("--workdir", default=".smoke")

@@ -41,6 +41,8 @@ def test_eval_stage_scores_gates_and_promotes(eval_project, tracking_env, capsys
     assert m1["winrate_rm_vs_sft_ci_low"] <= m1["winrate_rm_vs_sft"] <= m1["winrate_rm_vs_sft_ci_high"]
     assert m1["kl_vs_sft"] > 0  # the policy's adapter changes the model; k3 is > 0 unless identical
     assert m1["rm_accuracy_heldout"] in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)  # 4 pairs, ties ½
+    assert m1["rm_accuracy_heldout_n"] == 4
+    assert m1["rm_accuracy_heldout_ci_low"] <= m1["rm_accuracy_heldout"] <= m1["rm_accuracy_heldout_ci_high"]
     assert "winrate_rm_vs_base" in m1 and "winrate_rm_vs_champion" not in m1
     v1 = str(m1["candidate_version"])
     assert client.get_model_version_by_alias("alignflow-policy", "candidate").version == v1

@@ -85,6 +85,9 @@ def test_rank_stage(tmp_path, monkeypatch, tracker):
     assert kto[0]["completion"][0]["content"].startswith("Paris")
     tasks = rank.labelstudio.load_tasks("data/prefs/labelstudio_tasks.json")
     assert len(tasks) == 6 and len(tasks[0]["data"]["responses"]) == 4
+    every = rank.run(validate({"rank": {"judge": ["reference"], "min_margin": 0.05, "human_weight": None,
+                                        "val_fraction": 0.2}}), tracker)
+    assert every["pairs_judge"] == metrics["pairs_judge"] and every["pairs_human"] == 50  # null: all human pairs
 
 
 def test_pair_sources_split_judge_from_human():

@@ -78,7 +78,8 @@ class RankParams(Section):
     min_margin: float = Field(0.05, ge=0.0, description="drop pairs whose score gap is below this")
     tie_tolerance: float = Field(1e-6, ge=0.0, description="score gaps at or below this count as ties")
     finished_chosen_only: bool = Field(True, description="drop pairs whose chosen sample was cut off at max_new_tokens")
-    human_weight: float = Field(1.0, ge=0.0, description="human pairs mixed in per judge pair (0 = none)")
+    human_weight: float | None = Field(1.0, ge=0.0, description="human pairs mixed in per judge pair (0 = none; "
+                                                                   "null = every human pair)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     reward_model: str = Field("models/reward", description="the reward_model judge's model dir")
     human_annotations: str | None = Field(None, description="Label Studio export (JSON) for the human judge")

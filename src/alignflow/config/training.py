@@ -172,7 +172,7 @@ class EmbeddingRewardParams(Section):
     encoder: str | None = Field(None, description="a sentence-transformers directory; null = the embedded "
                                                   "all-MiniLM-L6-v2 (the reference judge's)")
     max_seq_length: int = Field(128, ge=8, description="tokens embedded per text (the encoder truncates)")
-    l2: float = Field(0.01, ge=0.0, description="L2 penalty on the head (mean-loss units)")
+    l2: float = Field(0.1, ge=0.0, description="L2 penalty on the head (mean-loss units)")
     batch_size: int = Field(64, ge=1, description="texts per encoder batch")
     # The pairs' margins in the loss (reward.use_margin is the LM's). Off: the judges' margins (up to
     # 2 logits) ask a linear head on unit-norm embeddings for gaps it can only reach with large

@@ -27,11 +27,13 @@ def reward_scores(rm, rm_tok, prompts: list[list[dict]], responses: list[str], e
     return out
 
 
-def rm_pair_accuracy(rm, rm_tok, pairs: list[dict], ep) -> float:
+def rm_pair_accuracy(rm, rm_tok, pairs: list[dict], ep, key: str = "rm_accuracy_heldout", seed: int = 0) -> dict:
+    """`key` (pairs whose chosen side the reward model scores higher; a tie counts half), `key`_n
+    and its bootstrap 95% CI over pairs (`key`_ci_low/_ci_high)."""
     from alignflow.rlhf.judges import pair_side
 
-    return M.preference_accuracy(*(reward_scores(rm, rm_tok, *pair_side(pairs, side), ep)
-                                   for side in ("chosen", "rejected")))
+    chosen, rejected = (reward_scores(rm, rm_tok, *pair_side(pairs, side), ep) for side in ("chosen", "rejected"))
+    return M.paired_estimate(key, M.pairwise_outcomes(chosen, rejected, tie_eps=0.0), n_boot=ep.bootstrap, seed=seed)
 
 
 def judge_outcomes(judge, records: list[dict], cand: Generated, other: Generated) -> np.ndarray:
@@ -56,7 +58,7 @@ def score_with_reward_model(params: Params, inputs: EvalInputs, gens: dict[str, 
     for g in gens.values():
         g.rewards = reward_scores(rm, rm_tok, inputs.benign, g.responses, ep)
     if inputs.pairs:
-        metrics["rm_accuracy_heldout"] = rm_pair_accuracy(rm, rm_tok, inputs.pairs, ep)
+        metrics.update(rm_pair_accuracy(rm, rm_tok, inputs.pairs, ep, seed=params.seed))
 
 
 def judge_and_compare(params: Params, inputs: EvalInputs, gens: dict[str, Generated], metrics: dict):

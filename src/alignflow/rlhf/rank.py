@@ -5,7 +5,7 @@ trains on all pairs of a prompt together); `rank.pairs: best_vs_worst` keeps onl
 one per prompt. Pairs whose judge score gap is below `rank.min_margin` are dropped (gaps at or
 below `rank.tie_tolerance` count as ties; both in judge units), and so are pairs whose chosen
 response was cut off at sample.max_new_tokens (`rank.finished_chosen_only`). Human preference
-pairs from the format stage are mixed in at `rank.human_weight` human pairs per judge pair. With
+pairs from the format stage are mixed in at `rank.human_weight` human pairs per judge pair (null: all). With
 two judges the second one's agreement with the first is reported (a cheap check on the judge).
 A judge pair's `margin` is written in reward-model logits, the unit the reward stage's Bradley–Terry
 loss subtracts it in: the score gap divided by the judge's `compare_scale` (reference: 0.1 ≈ 1 logit).
@@ -183,8 +183,9 @@ def run(params, tracker) -> dict:
             kto.append({"prompt": rec["prompt"], "completion": assistant(rec["responses"][best]), "label": True})
             kto.append({"prompt": rec["prompt"], "completion": assistant(rec["responses"][worst]), "label": False})
 
-    human_available = load_human_pairs(HUMAN_PREFS_PATH) if cfg.human_weight > 0 else []
-    want = len(human_available) if not judge_pairs else round(cfg.human_weight * len(judge_pairs))
+    human_available = load_human_pairs(HUMAN_PREFS_PATH) if cfg.human_weight != 0 else []
+    every = not judge_pairs or cfg.human_weight is None
+    want = len(human_available) if every else round(cfg.human_weight * len(judge_pairs))
     human = [
         {**r, "margin": r.get("margin", 0.0), "source": r.get("source", "human")}
         for r in random.Random(params.seed).sample(human_available, min(want, len(human_available)))
