@@ -109,7 +109,7 @@ def _size(stage: str, params) -> str:
     if stage == "eval":
         e = params.eval
         seeds = f" × {len(e.seeds)} seeds" if e.seeds and len(e.seeds) > 1 else ""
-        return (f"{e.max_prompts} prompts + {e.max_harmful_prompts} harmful + {e.max_ifeval_prompts} constraint"
+        return (f"≤{e.max_prompts} prompts + ≤{e.max_harmful_prompts} harmful + ≤{e.max_ifeval_prompts} constraint"
                 f"{seeds}, judge {e.judge}, ≤{e.max_new_tokens} new tokens")
     if stage == "collect":
         return f"{len(params.collect.sources)} sources"
