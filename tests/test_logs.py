@@ -46,7 +46,7 @@ def test_describe_says_what_a_stage_will_do_and_how_long_at_the_last_runs_speed(
     assert progress.describe("align", params, {**last, "method": "ppo"}) == "align: dpo, 40 steps × 4 pairs, LoRA r16"
     assert progress.describe("sft", params) == "sft: 4 steps × 2 conversations, LoRA r4 on tiny:llama"
     assert progress.describe("sample", params, {"wall_time_s": 38.6}) == (
-        "sample: 2 samples × 8 prompts + 48 constraint prompts, ≤16 new tokens, ~39 s at the last run's speed")
+        "sample: 2 samples × 8 prompts + 64 constraint prompts, ≤16 new tokens, ~39 s at the last run's speed")
     assert progress.describe("reward", _params(**{"reward.backbone": "embedding"})) == \
         "reward: embedding backbone (all-MiniLM-L6-v2, ≤128 tokens) + a linear head"
     assert progress.describe("clean", params) == "clean: starting"
