@@ -28,18 +28,19 @@ def load_bench():
     return module
 
 
-def test_tiny_run_reports_hf_and_ct2(tmp_path):
+def test_tiny_run_reports_hf_openvino_and_ct2(tmp_path):
     out = tmp_path / "r.json"
     load_bench().main(["--model", "tiny:llama", "--prompts", "3", "--max-new-tokens", "4", "--rounds", "2",
                        "--peak-seconds", "0.2", "--out", str(out)])
     report = json.loads(out.read_text())
     engines = report["engines"]
-    for name in ("hf", "ct2"):
+    for name in ("hf", "openvino", "ct2"):
         assert engines[name]["tok_s"] > 0
         assert 0.0 <= engines[name]["agreement"] <= 1.0
         assert len(engines[name]["rounds"]) == 2
         assert engines[name]["ratio_ci95"] is not None
     assert engines["hf"]["ratio"] == 1.0
     assert engines["hf"]["agreement"] == 1.0
+    assert engines["openvino"]["agreement"] == 1.0  # float32: the same greedy tokens as HF
     assert report["goal_met"] in (True, False)  # two rounds: a CI, so a verdict
     assert report["matmul_peak_gflops"] > 0

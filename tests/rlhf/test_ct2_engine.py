@@ -40,17 +40,24 @@ def greedy_ids(gens) -> list[list[int]]:
 # --- choosing a back end ---------------------------------------------------------------------------
 
 
-def test_auto_picks_ct2_when_installed_and_explicit_names_are_kept():
-    assert generation.choose_backend("auto", param="eval.backend") == "ct2"
+def test_auto_picks_the_fastest_installed_engine_and_explicit_names_are_kept(monkeypatch):
+    from alignflow.rlhf import ov_engine
+
+    assert generation.choose_backend("auto", param="eval.backend") == "openvino"
     assert generation.choose_backend("hf", param="eval.backend") == "hf"
     assert generation.choose_backend("ct2", param="eval.backend") == "ct2"
+    monkeypatch.setattr(ov_engine, "installed", lambda: False)
+    assert generation.choose_backend("auto", param="eval.backend") == "ct2"
 
 
 def test_engine_missing_auto_falls_back_to_hf_with_a_log_line(monkeypatch, caplog):
+    from alignflow.rlhf import ov_engine
+
     monkeypatch.setattr(ct2_engine, "installed", lambda: False)
+    monkeypatch.setattr(ov_engine, "installed", lambda: False)
     with caplog.at_level(logging.INFO, logger="alignflow.rlhf.generation"):
         assert generation.choose_backend("auto", param="sample.backend") == "hf"
-    assert "sample.backend: auto -> hf" in caplog.text and "ctranslate2 is not installed" in caplog.text
+    assert "sample.backend: auto -> hf" in caplog.text and "no CPU inference engine is installed" in caplog.text
     from alignflow.config import ParamsError
 
     with pytest.raises(ParamsError, match="sample.backend: ct2 needs the ctranslate2 package"):

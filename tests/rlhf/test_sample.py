@@ -57,9 +57,9 @@ def test_eos_ids_include_chatml_end(tiny):
     assert tok.convert_tokens_to_ids("<|im_end|>") in generation.eos_token_ids(model, tok)
 
 
-@pytest.mark.parametrize(("wanted", "used"), [("hf", "hf"), ("auto", "ct2")])
+@pytest.mark.parametrize(("wanted", "used"), [("hf", "hf"), ("auto", "openvino")])
 def test_sample_stage(tmp_path, monkeypatch, tracker, tiny, wanted, used):
-    """auto samples on CTranslate2 (installed with the project), the LoRA adapter merged in."""
+    """auto samples on OpenVINO (installed with the project), the LoRA adapter merged in."""
     from peft import LoraConfig, get_peft_model
 
     from alignflow.models import save_model_dir

@@ -52,7 +52,7 @@ def method_params(method: str, **extra) -> dict:
 @pytest.mark.parametrize("method", list(METHODS))
 def test_sft_trains_saves_and_the_sample_loader_generates(method, project, request, caplog):
     from alignflow.models import UnmergeableAdapter, load_causal_lm, resolve_spec
-    from alignflow.rlhf import ct2_engine
+    from alignflow.rlhf import ov_engine
     from alignflow.rlhf.generation import make_generator
     from alignflow.rlhf.sample import sample_prompts
     from alignflow.training import sft
@@ -99,10 +99,10 @@ def test_sft_trains_saves_and_the_sample_loader_generates(method, project, reque
         gens, backend = sample_prompts(params, PROMPTS, "models/sft")
     assert [len(g) for g in gens] == [params.sample.k] * len(PROMPTS)
     assert all(g.num_tokens > 0 for row in gens for g in row)
-    if ct2_engine.installed():
-        assert backend == ("hf" if method in PROMPT_LEARNING else "ct2")
-        if method in PROMPT_LEARNING:
-            assert "CTranslate2 cannot run it" in caplog.text
+    if ov_engine.installed():
+        assert backend == ("hf" if method in PROMPT_LEARNING else "openvino")
+        if method in PROMPT_LEARNING:  # each engine says why it cannot, then HF generates
+            assert "OpenVINO cannot run it" in caplog.text and "CTranslate2 cannot run it" in caplog.text
             with pytest.raises(ParamsError, match=r"sample.backend: ct2 cannot run models/sft: .*virtual tokens"):
                 make_generator("models/sft", "ct2", fallback=False, param="sample.backend")
 

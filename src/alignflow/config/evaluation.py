@@ -52,7 +52,8 @@ class EvalParams(Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     batch_size: int = Field(16, ge=1, description="sequences per generate()/scoring batch")
     # Engine for every model's answers and for KL / implicit-accuracy log-probs; reward scores run on HF.
-    backend: Literal["auto", "hf", "ct2"] = Field("auto", description="auto = CTranslate2 when installed, else hf")
+    backend: Literal["auto", "hf", "openvino", "ct2"] = Field(
+        "auto", description="auto = OpenVINO when installed, else CTranslate2 when installed, else hf")
     max_length: int = Field(512, ge=16, description="prompt+response tokens when scoring log-probs")
     # The independent judge (the rank stage's judges): the reward model is not trusted to grade
     # what was optimized against it.

@@ -26,8 +26,9 @@ class SampleParams(Section):
     constraint_prompts: int = Field(0, ge=0, description="also sample this many of prompts_ifeval_train.jsonl "
                                                          "(verifiable constraints, for rank's verifier judge)")
     batch_size: int = Field(16, ge=1, description="sequences per generate() call (prompts × k)")
-    backend: Literal["auto", "hf", "ct2", "vllm"] = Field(
-        "auto", description="auto = vLLM on a GPU when installed, else CTranslate2 when installed, else hf")
+    backend: Literal["auto", "hf", "openvino", "ct2", "vllm"] = Field(
+        "auto", description="auto = vLLM on a GPU when installed, else OpenVINO, else CTranslate2 (when installed), "
+                            "else hf")
 
     @model_validator(mode="after")
     def _greedy_needs_one(self):

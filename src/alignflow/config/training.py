@@ -101,7 +101,7 @@ class JudgeEvalParams(Section):
     top_p: float = Field(0.95, gt=0, le=1)
     batch_size: int = Field(16, ge=1)
     # hf by default: prompt-learning adapters run on HF only, and one back end samples every recipe alike.
-    backend: Literal["hf", "auto", "ct2"] = "hf"
+    backend: Literal["hf", "auto", "openvino", "ct2"] = "hf"
 
 
 class SFTParams(TrainLoopParams):
@@ -158,7 +158,7 @@ class SFTParams(TrainLoopParams):
             )
         for name, backend in (("sample.backend", params.sample.backend), ("eval.backend", params.eval.backend),
                               ("sft.judge_eval.backend", self.judge_eval.backend)):
-            if backend in ("ct2", "vllm"):
+            if backend in ("openvino", "ct2", "vllm"):
                 problems.append(
                     f"peft: {self.peft} cannot run on {name}: {backend}, which needs merged weights (the virtual "
                     f"tokens exist only in PEFT); set {name}: auto (uses hf for this model) or hf"

@@ -72,7 +72,7 @@ def generate_best_of_n(
 class BestOfNPolicy:
     """A best-of-N "policy" loaded from its models/policy dir.
 
-    `backend` (hf | ct2) is the engine the N samples are drawn with; `compute_type` is ct2's."""
+    `backend` (hf | openvino | ct2) is the engine the N samples are drawn with; `compute_type` is ct2's."""
 
     def __init__(self, policy_dir: str, reward_dir: str, n: int, temperature: float = 0.8, top_p: float = 0.95,
                  device: str | None = None, backend: str = "hf", compute_type: str = "float32"):

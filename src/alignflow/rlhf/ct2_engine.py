@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from alignflow.rlhf.generation import Generation, Messages, encode_prompts, eos_token_ids
+from alignflow.rlhf.generation import Generation, Messages, UnsupportedModel, encode_prompts, eos_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,6 @@ NUCLEUS_TOPK = 1000
 # Decoding on a CPU is memory-bound: a step over 64 rows costs little more than over 16, so the
 # engine decodes at least this many rows per batch whatever the HF-sized batch_size says.
 MIN_BATCH = 64
-
-
-class UnsupportedModel(ValueError):
-    """CTranslate2 cannot run this model: no converter for its architecture, or a prompt-learning
-    adapter with no merged weights to convert (auto then falls back to HF)."""
 
 
 def installed() -> bool:

@@ -5,8 +5,9 @@ padding, prompts are left-padded so every row's next token sits in the same colu
 is on, and a row stops at EOS (the batch stops when all rows have). Each prompt is expanded to
 its `n` samples inside the batch, so K samples cost one prefill batch, not K loops.
 
-Back ends: `generate` (HF `model.generate`, in-process: the reference), `ct2_engine.CT2Generator`
-(CTranslate2, a C++ engine: the fastest on a CPU), `generate_vllm` (vLLM, when installed and a GPU
+Back ends: `generate` (HF `model.generate`, in-process: the reference), `ov_engine.OVGenerator`
+(OpenVINO GenAI, continuous batching: the fastest on a CPU), `ct2_engine.CT2Generator`
+(CTranslate2, a C++ engine), `generate_vllm` (vLLM, when installed and a GPU
 is present), `generate_ray` (Ray Data `map_batches` over an actor pool of model replicas, for
 `ray.num_workers > 1` or a cluster). `choose_backend` + `make_generator` pick one for a stage;
 every back end returns the same `Generation` records for the same prompts and sampling params.
@@ -23,6 +24,15 @@ from dataclasses import dataclass, field
 from alignflow import threads
 
 log = logging.getLogger(__name__)
+
+# The CPU engines, fastest first: what `auto` tries (bench/sample_throughput.py measures them).
+CPU_ENGINES = ("openvino", "ct2")
+ENGINE_PACKAGES = {"openvino": "openvino-genai", "ct2": "ctranslate2"}
+
+
+class UnsupportedModel(ValueError):
+    """An inference engine cannot run this model: no converter for its architecture, or a
+    prompt-learning adapter with no merged weights to convert (auto then falls back)."""
 
 Messages = list[dict]
 
@@ -232,48 +242,53 @@ class HFGenerator:
         return generate_with_details(self.model, self.tokenizer, prompts, **kwargs)
 
 
+def engine_installed(name: str) -> bool:
+    from alignflow.rlhf import ct2_engine, ov_engine
+
+    return {"openvino": ov_engine.installed, "ct2": ct2_engine.installed}[name]()
+
+
 def choose_backend(wanted: str, *, param: str, vllm_ok: bool = False) -> str:
     """The generation back end for a stage: `wanted` is the param's value, `param` its name (errors
     name it). auto = vLLM on a GPU (where the stage supports it), else HF on any other GPU (the
-    engines here are CPU builds), else CTranslate2 when installed, else HF with a log line."""
+    engines here are CPU builds), else the first installed CPU engine (OpenVINO, CTranslate2),
+    else HF with a log line."""
     from alignflow.config import ParamsError
-    from alignflow.rlhf import ct2_engine
 
     # ParamsError: the stage prints it as one line (alignflow <stage>: error: ...), exit 2
     if wanted == "vllm":
         if not vllm_available():
             raise ParamsError(f"{param}: vllm needs the vllm package and a CUDA GPU")
         return "vllm"
-    if wanted == "ct2":
-        if not ct2_engine.installed():
-            raise ParamsError(f"{param}: ct2 needs the ctranslate2 package (pip install ctranslate2), "
-                               "or set it to auto or hf")
-        return "ct2"
+    if wanted in CPU_ENGINES:
+        if not engine_installed(wanted):
+            raise ParamsError(f"{param}: {wanted} needs the {ENGINE_PACKAGES[wanted]} package "
+                               f"(pip install {ENGINE_PACKAGES[wanted]}), or set it to auto or hf")
+        return wanted
     if wanted != "auto":
         return wanted
     if vllm_ok and vllm_available():
         return "vllm"
     if _cuda():
         return "hf"
-    if ct2_engine.installed():
-        return "ct2"
-    log.info("%s: auto -> hf (ctranslate2 is not installed; pip install ctranslate2 for ~1.7x faster CPU generation)",
-             param)
+    for engine in CPU_ENGINES:
+        if engine_installed(engine):
+            return engine
+    log.info("%s: auto -> hf (no CPU inference engine is installed; pip install openvino-genai for ~3x faster "
+             "CPU generation)", param)
     return "hf"
 
 
 def make_generator(ref: str, backend: str, *, trust_remote_code: bool = False, dtype="auto",
                    compute_type: str = "float32", fallback: bool = False, param: str | None = None):
-    """A generator for the model `ref` (any model spec or models/* dir) on `backend` (hf | ct2).
+    """A generator for the model `ref` (any model spec or models/* dir) on `backend` (hf | openvino | ct2).
 
-    `fallback`: a model CTranslate2 cannot run (an architecture it lacks, a prompt-learning
-    adapter with no merged weights) runs on HF with a warning instead of failing: what `auto`
-    promises. Without it the error names `param` (the stage's backend param) when given."""
-    if backend == "ct2":
-        from alignflow.rlhf.ct2_engine import CT2Generator, UnsupportedModel
-
+    `fallback`: a model the engine cannot run (an architecture it lacks, a prompt-learning adapter
+    with no merged weights) runs on the next installed engine, else HF, with a warning instead of
+    failing: what `auto` promises. Without it the error names `param` (the stage's backend param)."""
+    if backend in CPU_ENGINES:
         try:
-            return CT2Generator(ref, trust_remote_code=trust_remote_code, compute_type=compute_type)
+            return _engine_generator(backend, ref, trust_remote_code, compute_type)
         except UnsupportedModel as err:
             if not fallback:
                 if param is None:
@@ -281,12 +296,30 @@ def make_generator(ref: str, backend: str, *, trust_remote_code: bool = False, d
                 from alignflow.config import ParamsError
 
                 detail = str(err).removeprefix(f"{ref}: ")
-                raise ParamsError(f"{param}: ct2 cannot run {ref}: {detail}; set {param}: auto (falls back to hf) "
-                                  "or hf") from err
-            log.warning("%s: CTranslate2 cannot run it (%s); generating with HF", ref, err)
+                raise ParamsError(f"{param}: {backend} cannot run {ref}: {detail}; set {param}: auto "
+                                  "(falls back to another engine or hf) or hf") from err
+            later = [e for e in CPU_ENGINES[CPU_ENGINES.index(backend) + 1 :] if engine_installed(e)]
+            log.warning("%s: %s cannot run it (%s); generating with %s", ref, _ENGINE_NAMES[backend], err,
+                        later[0] if later else "HF")
+            if later:
+                return make_generator(ref, later[0], trust_remote_code=trust_remote_code, dtype=dtype,
+                                      compute_type=compute_type, fallback=True, param=param)
     from alignflow.models import load_causal_lm
 
     return HFGenerator(*load_causal_lm(ref, dtype=dtype, trust_remote_code=trust_remote_code))
+
+
+_ENGINE_NAMES = {"openvino": "OpenVINO", "ct2": "CTranslate2"}
+
+
+def _engine_generator(backend: str, ref: str, trust_remote_code: bool, compute_type: str):
+    if backend == "openvino":
+        from alignflow.rlhf.ov_engine import OVGenerator
+
+        return OVGenerator(ref, trust_remote_code=trust_remote_code)
+    from alignflow.rlhf.ct2_engine import CT2Generator
+
+    return CT2Generator(ref, trust_remote_code=trust_remote_code, compute_type=compute_type)
 
 
 def _cuda() -> bool:

@@ -48,7 +48,7 @@ def load_prompts(path: str | os.PathLike, limit: int | None = None) -> list[dict
 
 
 def choose_backend(params) -> str:
-    """vllm (GPU + vllm installed), ray (several workers or a cluster), ct2 (CTranslate2 on a CPU),
+    """vllm (GPU + vllm installed), ray (several workers or a cluster), openvino or ct2 (a CPU engine),
     else hf in-process (generation.choose_backend says when and why)."""
     from alignflow.rlhf.generation import choose_backend as choose
 
