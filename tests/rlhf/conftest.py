@@ -1,4 +1,5 @@
-"""Fixtures of the RLHF tests: a stage tracker that records what a stage logs."""
+"""Fixtures of the RLHF tests: a stage tracker that records what a stage logs; the inference
+engines' shared prompts, greedy-id helper and empty conversion cache."""
 
 from __future__ import annotations
 
@@ -41,3 +42,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Chat prompts of different lengths and roles: what the engine tests generate from.
+ENGINE_PROMPTS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "A much longer prompt with many more words in it than the first one has."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
+    [{"role": "user", "content": "Count: one two three four five six"}],
+    [{"role": "user", "content": "Why?"}],
+]
+
+
+def greedy_ids(gens) -> list[list[int]]:
+    return [g[0].token_ids for g in gens]
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty conversion cache (the tiny models are rebuilt there too, in a second)."""
+    from alignflow.rlhf import ct2_engine
+
+    monkeypatch.setenv("ALIGNFLOW_CACHE", str(tmp_path / "cache"))
+    ct2_engine._DIGESTS.clear()
+    return tmp_path / "cache"

@@ -12,30 +12,11 @@ import logging
 import pytest
 import torch
 
-from alignflow.rlhf import ct2_engine, generation, ov_engine
+from alignflow.rlhf import generation, ov_engine
+from tests.rlhf.conftest import ENGINE_PROMPTS as PROMPTS
+from tests.rlhf.conftest import greedy_ids
 
 pytestmark = pytest.mark.skipif(not ov_engine.installed(), reason="openvino-genai is a project dependency")
-
-PROMPTS = [
-    [{"role": "user", "content": "Hi"}],
-    [{"role": "user", "content": "A much longer prompt with many more words in it than the first one has."}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
-    [{"role": "user", "content": "Count: one two three four five six"}],
-    [{"role": "user", "content": "Why?"}],
-]
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """An empty conversion cache (the tiny models are rebuilt there too, in a second)."""
-    monkeypatch.setenv("ALIGNFLOW_CACHE", str(tmp_path / "cache"))
-    ct2_engine._DIGESTS.clear()
-    return tmp_path / "cache"
-
-
-def greedy_ids(gens) -> list[list[int]]:
-    return [g[0].token_ids for g in gens]
-
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_greedy_ids_equal_hf_alone_or_batched(arch):
@@ -62,92 +43,23 @@ def test_sampled_token_log_probs_equal_hf_log_softmax():
     prompt_ids = encode_prompts(tok, PROMPTS[1:2])[0]
     out = engine.generate_ids([prompt_ids], [(0, 0)], max_new_tokens=12, temperature=1.0, top_p=1.0, seed=3,
                               progress=False, logprobs=True)[0]
-    sampled = list(out.generated_ids)
+    sampled = out.ids
     assert len(set(sampled)) > 1  # really sampled, not a constant
     with torch.inference_mode():
         logits = model(torch.tensor([prompt_ids + sampled])).logits[0].float()
     hf = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
     hf_sampled = hf[torch.arange(len(sampled)), torch.tensor(sampled)]
-    assert torch.allclose(torch.tensor(list(out.generated_log_probs)), hf_sampled, atol=1e-3)
+    assert torch.allclose(torch.tensor(out.log_probs), hf_sampled, atol=1e-3)
 
 
-def test_sampling_is_seeded_per_row_and_draws_n_distinct_samples():
+def test_a_rows_sample_does_not_depend_on_the_rows_beside_it():
+    """Per-row seeds (seed, prompt, sample index): continuous batching changes which rows share
+    a step, never what a row draws."""
     engine = ov_engine.OVGenerator("tiny:llama")
-    kw = dict(n=3, max_new_tokens=6, temperature=1.0, top_p=0.95, progress=False)
-    a = engine.generate_with_details(PROMPTS, seed=7, **kw)
-    b = engine.generate_with_details(PROMPTS, seed=7, **kw)
-    c = engine.generate_with_details(PROMPTS, seed=8, **kw)
-    ids = [[g.token_ids for g in gens] for gens in a]
-    assert ids == [[g.token_ids for g in gens] for gens in b]
-    assert ids != [[g.token_ids for g in gens] for gens in c]
-    assert len(a) == len(PROMPTS) and all(len(gens) == 3 for gens in a)
-    assert any(len({tuple(g.token_ids) for g in gens}) > 1 for gens in a)
-    assert all(g.num_tokens == len(g.token_ids) + int(g.finished) <= 6 for gens in a for g in gens)
-    # a row's sample depends on its seed, prompt and index, not on which rows share its steps
-    alone = engine.generate_with_details(PROMPTS[:1], seed=7, **kw)
-    assert [g.token_ids for g in alone[0]] == ids[0]
-
-
-def test_eos_stops_a_row_and_is_reported_like_hf():
-    """A row that emits EOS ends there, finished=True, the EOS counted but not in the text."""
-    from alignflow.models import load_causal_lm
-
-    model, tok = load_causal_lm("tiny:llama", device="cpu")
-    engine = ov_engine.OVGenerator("tiny:llama")
-    reference = generation.generate_with_details(model, tok, PROMPTS, n=1, max_new_tokens=16, temperature=0,
-                                                 progress=False)
-    # Declare the first new id the greedy answer emits after its first token the EOS, for both sides.
-    row, cut = next((r, i) for r, gens in enumerate(reference) for i in range(1, len(gens[0].token_ids))
-                    if gens[0].token_ids[i] not in gens[0].token_ids[:i])
-    first = reference[row][0].token_ids
-    stop = first[cut]
-    engine.eos_ids = [stop]
-    model.generation_config.eos_token_id = stop
-    tok_eos = tok.eos_token_id
-    tok.eos_token_id = stop
-    try:
-        ours = engine.generate_with_details(PROMPTS, n=1, max_new_tokens=16, temperature=0, progress=False)
-        hf = generation.generate_with_details(model, tok, PROMPTS, n=1, max_new_tokens=16, temperature=0,
-                                              progress=False)
-    finally:
-        tok.eos_token_id = tok_eos
-    assert ours[row][0].finished and ours[row][0].token_ids == first[:cut]
-    assert [(g[0].token_ids, g[0].finished, g[0].num_tokens) for g in ours] == \
-        [(g[0].token_ids, g[0].finished, g[0].num_tokens) for g in hf]
-
-
-def test_lora_adapter_is_merged_so_the_engine_samples_the_trained_policy(tmp_path, monkeypatch):
-    from peft import LoraConfig, get_peft_model
-
-    from alignflow.models import load_causal_lm, save_model_dir
-
-    monkeypatch.chdir(tmp_path)
-    base, tok = load_causal_lm("tiny:llama", device="cpu")
-    torch.manual_seed(0)
-    # init_lora_weights=False: a random B, so the adapter really changes the outputs
-    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM",
-                                           init_lora_weights=False))
-    save_model_dir(peft, tok, "models/sft", {"base": "tiny:llama"})
-    trained, ttok = load_causal_lm("models/sft", device="cpu")
-    kw = dict(n=1, max_new_tokens=12, temperature=0, progress=False)
-    want = greedy_ids(generation.generate_with_details(trained, ttok, PROMPTS, **kw))
-    base_ids = greedy_ids(generation.generate_with_details(*load_causal_lm("tiny:llama", device="cpu"), PROMPTS, **kw))
-    got = greedy_ids(ov_engine.OVGenerator("models/sft").generate_with_details(PROMPTS, **kw))
-    assert got == want and got != base_ids
-
-
-def test_a_conversion_is_made_once_per_weights(fresh_cache, monkeypatch):
-    calls = []
-    real = ov_engine.convert
-    monkeypatch.setattr(ov_engine, "convert", lambda *a, **k: (calls.append(a[0]), real(*a, **k))[1])
-    first = ov_engine.OVGenerator("tiny:llama")
-    ct2_engine._DIGESTS.clear()  # a new process: the digest is recomputed, the conversion reused
-    second = ov_engine.OVGenerator("tiny:llama")
-    assert len(calls) == 1 and first.model_dir == second.model_dir
-    assert first.model_dir.parent == fresh_cache / "models" and first.model_dir.name.startswith("ov-")
-    assert (first.model_dir / "openvino_model.xml").exists()
-    ov_engine.OVGenerator("tiny:qwen2")  # other weights, another conversion
-    assert len(calls) == 2
+    kw = dict(n=3, max_new_tokens=6, temperature=1.0, top_p=0.95, seed=7, progress=False)
+    together = engine.generate_with_details(PROMPTS, **kw)
+    alone = engine.generate_with_details(PROMPTS[:1], **kw)
+    assert [g.token_ids for g in alone[0]] == [g.token_ids for g in together[0]]
 
 
 def test_an_architecture_it_does_not_convert_falls_back_under_auto_only(caplog):
@@ -160,38 +72,3 @@ def test_an_architecture_it_does_not_convert_falls_back_under_auto_only(caplog):
     assert gen.name == "ct2" and "OpenVINO cannot run it" in caplog.text and "model_type 'gpt2'" in caplog.text
     with pytest.raises(ParamsError, match=r"eval.backend: openvino cannot run tiny:gpt2: .*model_type 'gpt2'"):
         generation.make_generator("tiny:gpt2", "openvino", fallback=False, param="eval.backend")
-
-
-@pytest.mark.slow
-def test_embedded_default_agrees_with_hf_greedy():
-    """The shipped SmolLM2-135M: greedy token agreement with HF >= 0.98 on a fixed prompt set
-    (float32 kernels differ in summation order; a near-tie may flip, and then the rest diverges)."""
-    from alignflow.models import load_causal_lm
-
-    spec = "embedded:smollm2-135m-instruct"
-    prompts = [[{"role": "user", "content": q}] for q in (
-        "What is the capital of France?", "Give me two tips for sleeping better.", "Explain photosynthesis briefly.",
-        "Write a haiku about rain.", "How do I boil an egg?", "What is 12 times 7?")]
-    model, tok = load_causal_lm(spec, device="cpu")
-    kw = dict(n=1, max_new_tokens=32, temperature=0, batch_size=8, progress=False)
-    reference = greedy_ids(generation.generate_with_details(model, tok, prompts, **kw))
-    ours = greedy_ids(ov_engine.OVGenerator(spec).generate_with_details(prompts, **kw))
-    assert generation.token_agreement(reference, ours) >= 0.98
-
-
-def test_engine_scores_completions_like_hf_with_the_same_truncation():
-    """eval's KL and implicit accuracy on the engine: the same right-aligned per-token arrays as
-    the HF scorer, also when max_length cuts the prompt (and once the completion) short."""
-    from alignflow.evaluation import scoring
-    from alignflow.models import load_causal_lm
-
-    model, tok = load_causal_lm("tiny:llama", device="cpu")
-    engine = ov_engine.OVGenerator("tiny:llama")
-    prompts = scoring.prompt_ids(tok, PROMPTS)
-    completions = scoring.response_ids(tok, ["Blue.", "A longer answer with several words in it.", "", "one two",
-                                             "Because the sky scatters blue light more than red light."])
-    for max_length in (512, 24, 6):
-        hf = scoring.completion_logprobs(model, tok, prompts, completions, batch_size=2, max_length=max_length)
-        ours = scoring.engine_completion_logprobs(engine, prompts, completions, batch_size=2, max_length=max_length)
-        assert (ours[1] == hf[1]).all(), max_length
-        assert abs(ours[0] - hf[0]).max() < 1e-3, max_length

@@ -108,7 +108,7 @@ def eval_backend(params: Params) -> str:
 
 def generator_for(ref: str, params: Params, wanted: str | None = None, param: str = "eval.backend"):
     """The generator for model `ref` on the back end `wanted` (default eval.backend; `param` names
-    it in errors); an engine's also scores log-probs (`score`)."""
+    it in errors); a ct2 one also scores log-probs (`score`)."""
     from alignflow.rlhf.generation import choose_backend, make_generator
 
     wanted = wanted or params.eval.backend
@@ -203,9 +203,9 @@ def generate_models(params: Params, inputs: EvalInputs, champion: RegisteredVers
     else:
         policy = generator_for(str(POLICY_DIR), params)
         candidate = generate_all(CANDIDATE, policy, benign, harmful, ep, seeds, constrained)
-        # Log-probs on the engine that generated (an HF model, or the engine's scorer: the same
-        # numbers within 1e-3), in one engine for policy and SFT alike.
-        on_engine = policy.name == sft.name != "hf"  # else one fell back to HF: score both there
+        # Log-probs on the engine that generated when it scores (CTranslate2: the same numbers
+        # within 1e-3, faster), else on HF; in one engine for policy and SFT alike.
+        on_engine = policy.name == sft.name and hasattr(policy, "score")
         pol, ref = (policy, sft) if on_engine else (hf_model(policy, params), hf_model(sft, params))
         kl = kl_vs_sft(pol, ref, policy.tokenizer, benign, candidate.responses, ep)
         metrics.update(kl_vs_sft=kl["k3_seq"], kl_vs_sft_k1=kl["k1_seq"], kl_vs_sft_per_token=kl["k3_token"])
