@@ -24,7 +24,7 @@ agreement ~1), decided on the lower bound of the 95% CI. --prompts 96 is eval's 
 (114 constraint prompts per model; 96 prompts x 4 samples).
 
     .venv/bin/python bench/sample_throughput.py                    # embedded SmolLM2-135M, 32 prompts
-    .venv/bin/python bench/sample_throughput.py --prompts 96       # a stage-sized workload
+    .venv/bin/python bench/sample_throughput.py --prompts 96 --rounds 5   # stage-sized, a tight CI
     .venv/bin/python bench/sample_throughput.py --model tiny:llama --prompts 8
 """
 
