@@ -20,11 +20,11 @@ agreement with hf (one extra temperature-0 pass, `token_agreement`), and a roofl
 achieved GFLOP/s (2 x matmul params x tokens/s) over this machine's float32 matmul peak.
 
 Goal: the default engine (openvino) >= 3x today's batched HF tokens/s at the same outputs (greedy
-agreement ~1), decided on the lower bound of the 95% CI. --prompts 96 is eval's and sample's size
-(114 constraint prompts per model; 96 prompts x 4 samples).
+agreement ~1), decided on the lower bound of the 95% CI. The default 96 prompts are eval's and
+sample's size (114 constraint prompts per model; 96 prompts x 4 samples).
 
-    .venv/bin/python bench/sample_throughput.py                    # embedded SmolLM2-135M, 32 prompts
-    .venv/bin/python bench/sample_throughput.py --prompts 96 --rounds 5   # stage-sized, a tight CI
+    .venv/bin/python bench/sample_throughput.py                    # embedded SmolLM2-135M, 96 prompts, 5 rounds
+    .venv/bin/python bench/sample_throughput.py --prompts 32 --rounds 3   # quicker, a wider CI
     .venv/bin/python bench/sample_throughput.py --model tiny:llama --prompts 8
 """
 
@@ -345,14 +345,14 @@ def versions() -> dict[str, str | None]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=96)
     parser.add_argument("--prompts-file", default="data/formatted/prompts_train.jsonl")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--naive", action="store_true", help="also time one model.generate call per prompt")
     parser.add_argument("--peak-seconds", type=float, default=2.0, help="how long to time the matmul peak")
     parser.add_argument("--threads", type=int, default=None,
