@@ -72,33 +72,30 @@ def convert(model_dir: str, out: Path, *, trust_remote_code: bool = False) -> No
             shutil.copy2(Path(model_dir) / name, out / name)
 
 
-class _FlatCache:
+def _flat_cache_module(model):
     """The traced signature: past keys/values as flat tensors in, presents as flat tensors out."""
+    import torch
+    from transformers import DynamicCache
 
-    @staticmethod
-    def module(model):
-        import torch
-        from transformers import DynamicCache
+    layers = model.config.num_hidden_layers
 
-        layers = model.config.num_hidden_layers
+    class FlatCache(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class Flat(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, input_ids, attention_mask, position_ids, past):
+            cache = DynamicCache(config=model.config)
+            for i in range(layers):  # set, not update(): a cat onto the empty start tensor does not trace
+                layer = cache.layers[i]
+                layer.lazy_initialization(past[2 * i], past[2 * i + 1])
+                layer.keys, layer.values = past[2 * i], past[2 * i + 1]
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             cache=cache, use_cache=True)
+            presents = [t for layer in cache.layers[:layers] for t in (layer.keys, layer.values)]
+            return (out.logits, *presents)
 
-            def forward(self, input_ids, attention_mask, position_ids, past):
-                cache = DynamicCache(config=model.config)
-                for i in range(layers):  # set, not update(): a cat onto the empty start tensor does not trace
-                    layer = cache.layers[i]
-                    layer.lazy_initialization(past[2 * i], past[2 * i + 1])
-                    layer.keys, layer.values = past[2 * i], past[2 * i + 1]
-                out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                 cache=cache, use_cache=True)
-                presents = [t for layer in cache.layers[:layers] for t in (layer.keys, layer.values)]
-                return (out.logits, *presents)
-
-        return Flat()
+    return FlatCache()
 
 
 def _trace(model):
@@ -119,7 +116,7 @@ def _trace(model):
                    position_ids=torch.arange(past_len, past_len + new).expand(batch, new).clone(),
                    past=[torch.randn(batch, kv_heads, past_len, head_dim) for _ in range(2 * layers)])
     with torch.no_grad():
-        ov_model = ov.convert_model(_FlatCache.module(model), example_input=example)
+        ov_model = ov.convert_model(_flat_cache_module(model), example_input=example)
 
     kv = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     presents = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
