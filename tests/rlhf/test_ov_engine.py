@@ -72,3 +72,29 @@ def test_an_architecture_it_does_not_convert_falls_back_under_auto_only(caplog):
     assert gen.name == "ct2" and "OpenVINO cannot run it" in caplog.text and "model_type 'gpt2'" in caplog.text
     with pytest.raises(ParamsError, match=r"eval.backend: openvino cannot run tiny:gpt2: .*model_type 'gpt2'"):
         generation.make_generator("tiny:gpt2", "openvino", fallback=False, param="eval.backend")
+
+
+def test_a_trace_openvino_cannot_convert_falls_back_with_the_reason(fresh_cache, monkeypatch, caplog):
+    """The failure a transformers release caused (its forward renamed the cache argument, so the
+    model built its own empty cache and the trace concatenated onto a 1-d tensor): a real
+    OpConversionFailure becomes UnsupportedModel, so auto generates on the next engine and says why."""
+    def ignores_the_past(model):
+        class NoPast(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask, position_ids, past):
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 use_cache=True)
+                return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
+
+        return NoPast()
+
+    monkeypatch.setattr(ov_engine, "_flat_cache_module", ignores_the_past)
+    with pytest.raises(generation.UnsupportedModel, match=r"OpenVINO could not convert .* under transformers \d"):
+        ov_engine.OVGenerator("tiny:llama")
+    with caplog.at_level(logging.WARNING, logger="alignflow.rlhf.generation"):
+        gen = generation.make_generator("tiny:llama", "openvino", fallback=True, param="sample.backend")
+    assert gen.name == "ct2" and "OpenVINO cannot run it" in caplog.text
+    assert not [p for p in fresh_cache.glob("models/ov-*") if p.is_dir()]  # nothing half-converted to reuse

@@ -23,6 +23,7 @@ whatever the batch), `Generation` records in prompt order.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import math
 import shutil
@@ -63,13 +64,26 @@ def convert(model_dir: str, out: Path, *, trust_remote_code: bool = False) -> No
                                f"(converted here: {', '.join(CONVERTIBLE)})")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa",
                                                  trust_remote_code=trust_remote_code).eval()
-    ov_model = _trace(model)
     import openvino as ov
+    from openvino.frontend import OpConversionFailure
+
+    try:
+        ov_model = _trace(model)
+    except OpConversionFailure as err:  # e.g. a transformers release whose forward traces differently
+        summary = next((line for line in str(err).splitlines() if "Conversion is failed for" in line), "")
+        raise UnsupportedModel(f"OpenVINO could not convert {model_dir} under transformers "
+                               f"{_transformers_version()}: {summary.strip(' -') or str(err)[:300]}") from err
 
     ov.save_model(ov_model, str(out / "openvino_model.xml"), compress_to_fp16=False)
     for name in ("config.json", "generation_config.json"):
         if (Path(model_dir) / name).exists():
             shutil.copy2(Path(model_dir) / name, out / name)
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _flat_cache_module(model):
@@ -78,6 +92,9 @@ def _flat_cache_module(model):
     from transformers import DynamicCache
 
     layers = model.config.num_hidden_layers
+    # transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name is deprecated,
+    # not gone); the pinned image has 5.23, a fresh venv the newest: pass whichever this one takes.
+    cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     class FlatCache(torch.nn.Module):
         def __init__(self):
@@ -91,7 +108,7 @@ def _flat_cache_module(model):
                 layer.lazy_initialization(past[2 * i], past[2 * i + 1])
                 layer.keys, layer.values = past[2 * i], past[2 * i + 1]
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             cache=cache, use_cache=True)
+                             use_cache=True, **{cache_kwarg: cache})
             presents = [t for layer in cache.layers[:layers] for t in (layer.keys, layer.values)]
             return (out.logits, *presents)
 
