@@ -1,4 +1,4 @@
-"""Threads beside other processes: HF generation tokens/s per process, alone and two at once.
+"""Threads beside other processes: generation tokens/s per process, alone and two at once.
 
 torch starts one OpenMP thread per core and those threads spin while they wait, so two torch
 processes on a small machine slow each other down far more than sharing the CPUs explains.
@@ -22,6 +22,11 @@ process with a 95 % t-interval over rounds x processes, and the total over its p
     .venv/bin/python bench/threads.py                      # embedded SmolLM2-135M, 16 prompts x 32 tokens, 2 rounds
     .venv/bin/python bench/threads.py --model tiny:llama --prompts 2 --tokens 4 --rounds 1   # does it run
     .venv/bin/python bench/threads.py --cases two-default,two-alignflow --rounds 4
+    .venv/bin/python bench/threads.py --backend openvino --out bench/results/threads_openvino.json
+
+`--backend openvino` (or ct2) measures the engine the stages generate on: it runs as many threads
+as torch was given (INFERENCE_NUM_THREADS / intra_threads = torch.get_num_threads()), so the
+same cases apply; its thread pool is TBB's, which OMP_WAIT_POLICY does not reach.
 """
 
 from __future__ import annotations
@@ -91,20 +96,19 @@ def worker(args: argparse.Namespace) -> int:
     say("configured")  # registered (alignflow cases): the next worker may start
     import torch
 
-    from alignflow.models import load_causal_lm
-    from alignflow.rlhf.generation import generate_with_details
+    from alignflow.rlhf.generation import make_generator
 
     if args.alignflow:
         threads.apply()
-    model, tokenizer = load_causal_lm(args.model)
+    generator = make_generator(args.model, args.backend)
     batch = prompts(args.prompts)
-    generate_with_details(model, tokenizer, batch[:1], max_new_tokens=2, progress=False)  # warm-up, untimed
+    generator.generate_with_details(batch[:1], max_new_tokens=2, progress=False)  # warm-up, untimed
     say("ready")
     if sys.stdin.readline().strip() != "go":
         return 1
     started = time.perf_counter()
-    generations = generate_with_details(model, tokenizer, batch, n=1, max_new_tokens=args.tokens, temperature=0.8,
-                                        top_p=0.95, seed=0, batch_size=16, progress=False)
+    generations = generator.generate_with_details(batch, n=1, max_new_tokens=args.tokens, temperature=0.8, top_p=0.95,
+                                                  seed=0, batch_size=16, progress=False)
     seconds = time.perf_counter() - started
     tokens = sum(g.num_tokens for row in generations for g in row)
     say("result", {"tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 2),
@@ -160,7 +164,7 @@ def worker_env(case: Case, tmp: str) -> dict:
 
 def run_case(case: Case, args: argparse.Namespace) -> list[dict]:
     """One run of a case: the result of each of its workers."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", args.model,
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", args.model, "--backend", args.backend,
            "--prompts", str(args.prompts), "--tokens", str(args.tokens)] + (["--alignflow"] if case.alignflow else [])
     with tempfile.TemporaryDirectory(prefix="threads-bench-") as tmp:
         env = worker_env(case, tmp)
@@ -216,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=32, help="max new tokens per prompt")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--backend", default="hf", choices=("hf", "openvino", "ct2"), help="the generation engine")
     parser.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated subset")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a worker may take for each step")
     parser.add_argument("--out", default=str(ROOT / "bench/results/threads.json"))
@@ -234,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     from alignflow.models import resolve_spec
     from alignflow.threads import _cpus
 
-    resolve_spec(args.model)  # materialize once, not by two workers at the same time
+    from alignflow.rlhf.generation import make_generator
+
+    resolve_spec(args.model)  # materialize (and convert, for an engine) once, not by two workers at once
+    if args.backend != "hf":
+        make_generator(args.model, args.backend)
     runs: dict[str, list[list[dict]]] = {c.name: [] for c in cases}
     for r in range(args.rounds):
         for case in cases if r % 2 == 0 else reversed(cases):
@@ -256,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     report = {
-        "model": args.model, "prompts": args.prompts, "max_new_tokens": args.tokens, "rounds": args.rounds,
+        "model": args.model, "backend": args.backend, "prompts": args.prompts, "max_new_tokens": args.tokens, "rounds": args.rounds,
         "cpus": os.cpu_count(), "cores": _cpus(), "machine": platform.machine(), "torch": torch.__version__,
         "cases": report_cases,
     }

@@ -61,8 +61,8 @@ def greedy_ids(gens) -> list[list[int]]:
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     """An empty conversion cache (the tiny models are rebuilt there too, in a second)."""
-    from alignflow.rlhf import ct2_engine
+    from alignflow.rlhf import engine_common
 
     monkeypatch.setenv("ALIGNFLOW_CACHE", str(tmp_path / "cache"))
-    ct2_engine._DIGESTS.clear()
+    engine_common._DIGESTS.clear()
     return tmp_path / "cache"

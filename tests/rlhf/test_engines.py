@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignflow.rlhf import ct2_engine, generation, ov_engine
+from alignflow.rlhf import ct2_engine, engine_common, generation, ov_engine
 from tests.rlhf.conftest import ENGINE_PROMPTS as PROMPTS
 from tests.rlhf.conftest import greedy_ids
 
@@ -96,7 +96,7 @@ def test_a_conversion_is_made_once_per_weights(name, fresh_cache, monkeypatch):
     real = module.convert
     monkeypatch.setattr(module, "convert", lambda *a, **k: (calls.append(a[0]), real(*a, **k))[1])
     first = make(name, "tiny:llama")
-    ct2_engine._DIGESTS.clear()  # a new process: the digest is recomputed, the conversion reused
+    engine_common._DIGESTS.clear()  # a new process: the digest is recomputed, the conversion reused
     second = make(name, "tiny:llama")
     assert len(calls) == 1 and first.model_dir == second.model_dir
     assert first.model_dir.parent == fresh_cache / "models" and first.model_dir.name.startswith(PREFIX[name])

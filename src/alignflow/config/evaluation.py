@@ -50,7 +50,10 @@ class EvalParams(Section):
     max_new_tokens: int = Field(96, ge=1)
     temperature: float = Field(0.7, ge=0.0, description="0 = greedy")
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    batch_size: int = Field(16, ge=1, description="sequences per generate()/scoring batch")
+    batch_size: int = Field(16, ge=1, description="sequences per generate() batch (and reward-model scoring)")
+    # Log-probs (KL, implicit accuracy) are compute-bound on a CPU: rows padded to a batch's longest
+    # are wasted FLOPs. 4 rows scored eval's 34 held-out HH pairs in 33 s against 64 s at 16.
+    score_batch_size: int = Field(4, ge=1, description="sequences per log-prob scoring batch (KL, implicit accuracy)")
     # Engine for every model's answers and for KL / implicit-accuracy log-probs; reward scores run on HF.
     backend: Literal["auto", "hf", "openvino", "ct2"] = Field(
         "auto", description="auto = OpenVINO when installed, else CTranslate2 when installed, else hf")

@@ -13,9 +13,9 @@ def sequence_logps(model, tokenizer, prompt_ids, completion_ids, ep) -> tuple[np
     """`model`: an HF model, or an inference engine that scores (eval.backend ct2)."""
     if hasattr(model, "score"):
         return scoring.engine_completion_logprobs(model, prompt_ids, completion_ids,
-                                                  batch_size=ep.batch_size, max_length=ep.max_length)
+                                                  batch_size=ep.score_batch_size, max_length=ep.max_length)
     return scoring.completion_logprobs(model, tokenizer, prompt_ids, completion_ids,
-                                       batch_size=ep.batch_size, max_length=ep.max_length)
+                                       batch_size=ep.score_batch_size, max_length=ep.max_length)
 
 
 def kl_vs_sft(policy, sft, tokenizer, prompts, responses, ep) -> dict[str, float]:

@@ -90,3 +90,13 @@ def sync_pad(model, tokenizer) -> None:
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id
+
+
+def cache_kwarg(model) -> str:
+    """The name of the KV-cache argument of `model`'s forward (a PEFT wrapper passes it on): 5.24
+    renamed transformers' `past_key_values` to `cache` (the old name deprecated, not gone); a
+    pinned image may hold either release."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

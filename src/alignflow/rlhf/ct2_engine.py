@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import time
 from pathlib import Path
 
+from alignflow.rlhf.engine_common import engine_threads, generation_config, weights_digest
 from alignflow.rlhf.generation import Generation, Messages, UnsupportedModel, encode_prompts, eos_token_ids
 
 log = logging.getLogger(__name__)
@@ -37,23 +37,6 @@ MIN_BATCH = 64
 
 def installed() -> bool:
     return importlib.util.find_spec("ctranslate2") is not None
-
-
-# (path, size, mtime) of the weights -> digest: hashing 0.5 GB each time a generator is made is
-# seconds eval pays four times over; a rewritten file changes its mtime and size.
-_DIGESTS: dict[tuple, str] = {}
-
-
-def weights_digest(model_dir: str | os.PathLike) -> str:
-    from alignflow.models.specs import model_dir_digest
-
-    path = Path(model_dir)
-    stamp = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                         for p in path.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file()))
-    key = (str(path.resolve()), stamp)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = model_dir_digest(path)
-    return _DIGESTS[key]
 
 
 def convert(model_dir: str, out: Path, *, trust_remote_code: bool = False) -> None:
@@ -84,7 +67,7 @@ class CT2Generator:
             raise UnsupportedModel(str(err)) from err
         # A models/* dir carries the tokenizer and chat template it was trained with.
         self.tokenizer = load_tokenizer(model_ref, trust_remote_code=trust_remote_code)
-        self.eos_ids = eos_token_ids(None, self.tokenizer, _generation_config(self.local))
+        self.eos_ids = eos_token_ids(None, self.tokenizer, generation_config(self.local))
         self.model_dir = self.converted_dir()
 
     def converted_dir(self) -> Path:
@@ -98,9 +81,12 @@ class CT2Generator:
         (OpenNMT/CTranslate2#1757), so the same seed gives the same samples only on a new one."""
         import ctranslate2
 
+        from alignflow import threads
+
+        threads.rebalance(every_s=0)  # the share of the cores as of now: the engine fixes it at load
         ctranslate2.set_random_seed(seed)
         return ctranslate2.Generator(str(self.model_dir), device="cpu", compute_type=self.compute_type,
-                                     intra_threads=_torch_threads())
+                                     intra_threads=engine_threads())
 
     def generate_with_details(
         self,
@@ -167,22 +153,3 @@ def sampling_options(temperature: float, top_p: float) -> dict:
     if temperature <= 0:
         return dict(sampling_topk=1)
     return dict(sampling_topk=NUCLEUS_TOPK if top_p < 1 else 0, sampling_topp=top_p, sampling_temperature=temperature)
-
-
-def _generation_config(model_dir: str):
-    from transformers import GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(model_dir)
-    except OSError:  # no generation_config.json: the tokenizer's EOS is the only one
-        return None
-
-
-def _torch_threads() -> int:
-    """The intra-op threads this process was given (alignflow.threads sets torch's): the engine
-    shares the same CPUs, so it uses the same count."""
-    if importlib.util.find_spec("torch") is None:
-        return 0
-    import torch
-
-    return torch.get_num_threads()

@@ -23,7 +23,6 @@ whatever the batch), `Generation` records in prompt order.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import logging
 import math
 import shutil
@@ -31,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignflow.rlhf.engine_common import engine_threads, generation_config, weights_digest
 from alignflow.rlhf.generation import Generation, Messages, UnsupportedModel, encode_prompts, eos_token_ids
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,9 @@ def _flat_cache_module(model):
     from transformers import DynamicCache
 
     layers = model.config.num_hidden_layers
-    # transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name is deprecated,
-    # not gone); the pinned image has 5.23, a fresh venv the newest: pass whichever this one takes.
-    cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    from alignflow.models.hf import cache_kwarg
+
+    cache_arg = cache_kwarg(model)  # the pinned image's transformers and a fresh venv's name it differently
 
     class FlatCache(torch.nn.Module):
         def __init__(self):
@@ -108,7 +108,7 @@ def _flat_cache_module(model):
                 layer.lazy_initialization(past[2 * i], past[2 * i + 1])
                 layer.keys, layer.values = past[2 * i], past[2 * i + 1]
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=True, **{cache_kwarg: cache})
+                             use_cache=True, **{cache_arg: cache})
             presents = [t for layer in cache.layers[:layers] for t in (layer.keys, layer.values)]
             return (out.logits, *presents)
 
@@ -179,7 +179,6 @@ class OVGenerator:
 
     def __init__(self, model_ref: str, *, trust_remote_code: bool = False):
         from alignflow.models import UnmergeableAdapter, load_tokenizer, resolve_spec
-        from alignflow.rlhf.ct2_engine import _generation_config, weights_digest
 
         self.model_ref, self.trust_remote_code = model_ref, trust_remote_code
         try:
@@ -187,10 +186,10 @@ class OVGenerator:
         except UnmergeableAdapter as err:  # prefix/prompt/P-tuning: virtual tokens exist only in PEFT
             raise UnsupportedModel(str(err)) from err
         self.tokenizer = load_tokenizer(model_ref, trust_remote_code=trust_remote_code)
-        self.eos_ids = eos_token_ids(None, self.tokenizer, _generation_config(self.local))
+        self.eos_ids = eos_token_ids(None, self.tokenizer, generation_config(self.local))
         self.digest = weights_digest(self.local)
         self.model_dir = self.converted_dir()
-        self._pipe, self._pipe_gb = None, 0
+        self._pipe, self._pipe_gb, self._pipe_threads = None, 0, 0
 
     def converted_dir(self) -> Path:
         from alignflow.models.specs import materialize
@@ -208,7 +207,9 @@ class OVGenerator:
     def pipeline(self, tokens_per_seq: int):
         """The continuous-batching pipeline, rebuilt only when a call needs a larger KV cache."""
         gb = min(MAX_CACHE_GB, max(1, math.ceil(self.kv_bytes_per_token() * MAX_SEQS * tokens_per_seq / 2**30)))
-        if self._pipe is None or gb > self._pipe_gb:
+        # The thread count is fixed when the pipeline compiles: rebuilt when alignflow.threads has
+        # changed this process's share since (another alignflow process started or ended).
+        if self._pipe is None or gb > self._pipe_gb or engine_threads() != self._pipe_threads:
             import openvino_genai as ov_genai
 
             scheduler = ov_genai.SchedulerConfig()
@@ -216,10 +217,10 @@ class OVGenerator:
             scheduler.max_num_batched_tokens = 4096  # prefill chunk: prompts join the batch in pieces
             # f32 compute and KV cache: the CPU plugin's defaults (u8 cache, bf16 on AMX) change tokens.
             props = {"KV_CACHE_PRECISION": "f32", "INFERENCE_PRECISION_HINT": "f32",
-                     "INFERENCE_NUM_THREADS": _torch_threads()}
+                     "INFERENCE_NUM_THREADS": engine_threads()}
             self._pipe = None  # free the old cache before allocating the new one
             self._pipe = ov_genai.ContinuousBatchingPipeline(str(self.model_dir), scheduler, "CPU", props)
-            self._pipe_gb = gb
+            self._pipe_gb, self._pipe_threads = gb, props["INFERENCE_NUM_THREADS"]
         return self._pipe
 
     def request_config(self, *, max_new_tokens: int, temperature: float, top_p: float, seed: int,
@@ -275,6 +276,9 @@ class OVGenerator:
         import numpy as np
         import openvino as ov
 
+        from alignflow import threads
+
+        threads.rebalance(every_s=0)  # this call's share of the cores, before the pipeline is (re)built
         longest = max((len(encoded[p]) for p, _ in rows), default=0)
         pipe = self.pipeline(max(CACHE_TOKENS_PER_SEQ, longest + max_new_tokens))
         handles = []
@@ -337,9 +341,3 @@ def _finished(handle) -> bool:
     import openvino_genai as ov_genai
 
     return handle.get_status() != ov_genai.GenerationStatus.RUNNING
-
-
-def _torch_threads() -> int:
-    from alignflow.rlhf.ct2_engine import _torch_threads as threads
-
-    return max(1, threads())
