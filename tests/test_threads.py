@@ -213,3 +213,16 @@ def test_rebalance_leaves_a_count_the_user_chose(monkeypatch, other_process):
     threads.configure_env()
     assert threads.rebalance(every_s=0) is None
     threads.release()
+
+
+def test_unshared_ignores_other_processes_but_not_the_users_count(monkeypatch, other_process):
+    """For an engine whose idle threads sleep (OpenVINO): every core beside another alignflow
+    process, even after configure_env exported the fair share; the user's counts still win."""
+    monkeypatch.setattr(threads, "_cpus", lambda: 2)
+    assert threads.configure_env() == 1  # torch's fair share beside the other process
+    assert threads.unshared() == 2  # our own export is not the user's OMP_NUM_THREADS
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv(threads.EXPORTED_ENV)
+    assert threads.unshared() == 3
+    monkeypatch.setenv("ALIGNFLOW_THREADS", "4")
+    assert threads.unshared() == 4

@@ -174,6 +174,19 @@ def budget() -> int:
     return _plan(others())[0]
 
 
+def unshared() -> int:
+    """The threads this process may use when it need not leave cores to other alignflow processes:
+    ALIGNFLOW_THREADS > the user's OMP_NUM_THREADS > Ray's CPUs > every core it may run on.
+    For a runtime whose idle workers sleep instead of spinning (OpenVINO's TBB): on 2 cores, two
+    OpenVINO processes at 2 threads each generated 126 tok/s each, at 1 thread each 74
+    (bench/threads.py --backend openvino)."""
+    exported = os.environ.get(EXPORTED_ENV, "")
+    if _env_threads() is None and "OMP_NUM_THREADS" in os.environ and "OMP_NUM_THREADS=" not in exported:
+        if user_n := _first_int(os.environ["OMP_NUM_THREADS"]):
+            return user_n
+    return _plan(0)[0]
+
+
 # --- process setup ----------------------------------------------------------------------------
 
 

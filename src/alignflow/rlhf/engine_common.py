@@ -35,9 +35,15 @@ def generation_config(model_dir: str):
         return None
 
 
-def engine_threads() -> int:
+def engine_threads(share: bool = True) -> int:
     """The intra-op threads this process was given (alignflow.threads sets torch's): an engine
-    shares the same CPUs, so it uses the same count (at least 1)."""
+    whose threads spin while they wait (CTranslate2's OpenMP) uses the same count (at least 1).
+    share=False: one whose idle threads sleep (OpenVINO) takes every core it may use, as the
+    fair share only slows it (alignflow.threads.unshared)."""
+    if not share:
+        from alignflow import threads
+
+        return threads.unshared()
     if importlib.util.find_spec("torch") is None:
         return 1
     import torch

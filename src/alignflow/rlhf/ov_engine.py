@@ -207,9 +207,12 @@ class OVGenerator:
     def pipeline(self, tokens_per_seq: int):
         """The continuous-batching pipeline, rebuilt only when a call needs a larger KV cache."""
         gb = min(MAX_CACHE_GB, max(1, math.ceil(self.kv_bytes_per_token() * MAX_SEQS * tokens_per_seq / 2**30)))
-        # The thread count is fixed when the pipeline compiles: rebuilt when alignflow.threads has
-        # changed this process's share since (another alignflow process started or ended).
-        if self._pipe is None or gb > self._pipe_gb or engine_threads() != self._pipe_threads:
+        # The thread count is fixed when the pipeline compiles: rebuilt when it changed since (the
+        # user's ALIGNFLOW_THREADS). Every core, not the fair share: TBB's idle workers sleep, so
+        # two OpenVINO processes at 2 threads each on 2 cores share them at no loss (126 + 126 tok/s
+        # against 74 + 74 at 1 thread each, bench/threads.py --backend openvino).
+        n_threads = engine_threads(share=False)
+        if self._pipe is None or gb > self._pipe_gb or n_threads != self._pipe_threads:
             import openvino_genai as ov_genai
 
             scheduler = ov_genai.SchedulerConfig()
@@ -217,7 +220,7 @@ class OVGenerator:
             scheduler.max_num_batched_tokens = 4096  # prefill chunk: prompts join the batch in pieces
             # f32 compute and KV cache: the CPU plugin's defaults (u8 cache, bf16 on AMX) change tokens.
             props = {"KV_CACHE_PRECISION": "f32", "INFERENCE_PRECISION_HINT": "f32",
-                     "INFERENCE_NUM_THREADS": engine_threads()}
+                     "INFERENCE_NUM_THREADS": n_threads}
             self._pipe = None  # free the old cache before allocating the new one
             self._pipe = ov_genai.ContinuousBatchingPipeline(str(self.model_dir), scheduler, "CPU", props)
             self._pipe_gb, self._pipe_threads = gb, props["INFERENCE_NUM_THREADS"]
@@ -278,7 +281,7 @@ class OVGenerator:
 
         from alignflow import threads
 
-        threads.rebalance(every_s=0)  # this call's share of the cores, before the pipeline is (re)built
+        threads.rebalance(every_s=0)  # torch's share of the cores (the HF scoring after this call)
         longest = max((len(encoded[p]) for p, _ in rows), default=0)
         pipe = self.pipeline(max(CACHE_TOKENS_PER_SEQ, longest + max_new_tokens))
         handles = []
