@@ -24,9 +24,10 @@ process with a 95 % t-interval over rounds x processes, and the total over its p
     .venv/bin/python bench/threads.py --cases two-default,two-alignflow --rounds 4
     .venv/bin/python bench/threads.py --backend openvino --out bench/results/threads_openvino.json
 
-`--backend openvino` (or ct2) measures the engine the stages generate on: it runs as many threads
-as torch was given (INFERENCE_NUM_THREADS / intra_threads = torch.get_num_threads()), so the
-same cases apply; its thread pool is TBB's, which OMP_WAIT_POLICY does not reach.
+`--backend ct2` or `openvino` measures the engine the stages generate on. CTranslate2 runs as
+many threads as torch was given (intra_threads = torch.get_num_threads()); OpenVINO every core
+the process may use (alignflow.threads.unshared: its TBB workers sleep when idle, and
+OMP_WAIT_POLICY does not reach them). The report's `threads` column is torch's count.
 """
 
 from __future__ import annotations

@@ -180,10 +180,10 @@ def unshared() -> int:
     For a runtime whose idle workers sleep instead of spinning (OpenVINO's TBB): on 2 cores, two
     OpenVINO processes at 2 threads each generated 126 tok/s each, at 1 thread each 74
     (bench/threads.py --backend openvino)."""
-    exported = os.environ.get(EXPORTED_ENV, "")
-    if _env_threads() is None and "OMP_NUM_THREADS" in os.environ and "OMP_NUM_THREADS=" not in exported:
-        if user_n := _first_int(os.environ["OMP_NUM_THREADS"]):
-            return user_n
+    ours = "OMP_NUM_THREADS=" in os.environ.get(EXPORTED_ENV, "")  # configure_env's fair share
+    user_n = None if ours else _first_int(os.environ.get("OMP_NUM_THREADS", ""))
+    if user_n and _env_threads() is None:
+        return user_n
     return _plan(0)[0]
 
 

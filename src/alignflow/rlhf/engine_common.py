@@ -1,5 +1,5 @@
 """What the CPU inference engines (ct2_engine, ov_engine) share: the key of a converted copy in
-the model cache, the EOS ids a checkpoint's generation config adds, and the thread count."""
+the model cache, the EOS ids a checkpoint's generation config adds, and CTranslate2's thread count."""
 
 from __future__ import annotations
 
@@ -35,15 +35,10 @@ def generation_config(model_dir: str):
         return None
 
 
-def engine_threads(share: bool = True) -> int:
+def engine_threads() -> int:
     """The intra-op threads this process was given (alignflow.threads sets torch's): an engine
     whose threads spin while they wait (CTranslate2's OpenMP) uses the same count (at least 1).
-    share=False: one whose idle threads sleep (OpenVINO) takes every core it may use, as the
-    fair share only slows it (alignflow.threads.unshared)."""
-    if not share:
-        from alignflow import threads
-
-        return threads.unshared()
+    OpenVINO's sleep, so it takes alignflow.threads.unshared() instead."""
     if importlib.util.find_spec("torch") is None:
         return 1
     import torch

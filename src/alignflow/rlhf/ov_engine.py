@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignflow.rlhf.engine_common import engine_threads, generation_config, weights_digest
+from alignflow.rlhf.engine_common import generation_config, weights_digest
 from alignflow.rlhf.generation import Generation, Messages, UnsupportedModel, encode_prompts, eos_token_ids
 
 log = logging.getLogger(__name__)
@@ -207,11 +207,11 @@ class OVGenerator:
     def pipeline(self, tokens_per_seq: int):
         """The continuous-batching pipeline, rebuilt only when a call needs a larger KV cache."""
         gb = min(MAX_CACHE_GB, max(1, math.ceil(self.kv_bytes_per_token() * MAX_SEQS * tokens_per_seq / 2**30)))
-        # The thread count is fixed when the pipeline compiles: rebuilt when it changed since (the
-        # user's ALIGNFLOW_THREADS). Every core, not the fair share: TBB's idle workers sleep, so
-        # two OpenVINO processes at 2 threads each on 2 cores share them at no loss (126 + 126 tok/s
-        # against 74 + 74 at 1 thread each, bench/threads.py --backend openvino).
-        n_threads = engine_threads(share=False)
+        from alignflow import threads
+
+        # Every core, not the fair share (TBB's idle workers sleep: threads.unshared); fixed when
+        # the pipeline compiles, so a changed count (the user's ALIGNFLOW_THREADS) rebuilds it.
+        n_threads = threads.unshared()
         if self._pipe is None or gb > self._pipe_gb or n_threads != self._pipe_threads:
             import openvino_genai as ov_genai
 
@@ -223,7 +223,7 @@ class OVGenerator:
                      "INFERENCE_NUM_THREADS": n_threads}
             self._pipe = None  # free the old cache before allocating the new one
             self._pipe = ov_genai.ContinuousBatchingPipeline(str(self.model_dir), scheduler, "CPU", props)
-            self._pipe_gb, self._pipe_threads = gb, props["INFERENCE_NUM_THREADS"]
+            self._pipe_gb, self._pipe_threads = gb, n_threads
         return self._pipe
 
     def request_config(self, *, max_new_tokens: int, temperature: float, top_p: float, seed: int,
