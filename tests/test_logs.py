@@ -49,6 +49,10 @@ def test_describe_says_what_a_stage_will_do_and_how_long_at_the_last_runs_speed(
         "sample: 2 samples × 8 prompts + 64 constraint prompts, ≤16 new tokens, ~39 s at the last run's speed")
     assert progress.describe("reward", _params(**{"reward.backbone": "embedding"})) == \
         "reward: embedding backbone (all-MiniLM-L6-v2, ≤128 tokens) + a linear head"
+    embedding_run = {"backbone": "embedding", "embed_s": 80.3, "wall_time_s": 84.0}
+    assert progress.describe("reward", _params(**{"reward.backbone": "embedding"}), embedding_run).endswith(
+        "~84 s at the last run's speed")
+    assert "last run's speed" not in progress.describe("reward", _params(**{"reward.backbone": "lm"}), embedding_run)
     assert progress.describe("clean", params) == "clean: starting"
     on = _params(**{"synthesize.enabled": True})
     assert "last run's speed" not in progress.describe("synthesize", on, {"enabled": False, "wall_time_s": 3.0})

@@ -139,6 +139,8 @@ def estimate_s(stage: str, params, last: dict[str, Any] | None) -> float | None:
         return None
     if stage == "align" and last.get("method") not in (None, params.align.method):
         return None  # another method: another speed
+    if stage == "reward" and last.get("backbone") != params.reward.backbone:
+        return None  # the LM backbone's steps and the encoder's embedding pass: no guide to each other
     if stage == "synthesize" and last.get("enabled", False) != params.synthesize.enabled:
         return None  # a disabled run writes empty files in seconds: no guide to a real one (and back)
     steps = planned_steps(stage, params)

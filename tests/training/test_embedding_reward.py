@@ -35,6 +35,19 @@ def test_bt_loss_and_fit_by_hand():
     assert ER.accuracy(np.array([1.0, 0.0, 2.0]), np.array([0.0, 0.0, 3.0])) == 0.5  # win, tie, loss
 
 
+def test_accuracy_is_split_by_the_pairs_origin():
+    from alignflow.rlhf.rank import pair_source
+
+    origins = [pair_source(r) for r in ({"source": "judge:verifier"}, {"source": "hh_rlhf_harmless_800"}, {},
+                                           {"source": "judge:reference"})]
+    assert origins == ["judge", "human", "human", "judge"]
+    chosen, rejected = np.array([1.0, 1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, 1.0])
+    assert ER.accuracy_by_origin(chosen, rejected, origins) == {"eval_accuracy_human": 0.5, "eval_accuracy_judge": 0.5}
+    # the same overall 0.5, from a reward model that ranks only the human pairs right:
+    assert ER.accuracy_by_origin(chosen, rejected, ["human", "human", "judge", "judge"]) == \
+        {"eval_accuracy_human": 1.0, "eval_accuracy_judge": 0.0}
+
+
 @pytest.mark.slow
 def test_embedding_reward_stage_scores_like_any_reward_model(project, tracking_env):
     import mlflow
@@ -48,6 +61,7 @@ def test_embedding_reward_stage_scores_like_any_reward_model(project, tracking_e
     metrics = run_stage("reward", reward.run, params)
     saved = json.loads(Path("metrics/reward.json").read_text())
     assert saved["train_pairs"] == 16 and saved["eval_pairs"] == 6 and saved["eval_accuracy"] == 1.0
+    assert sum(v for k, v in saved.items() if k.startswith("eval_pairs_")) == 6 and saved["backbone"] == "embedding"
     meta = json.loads(Path("models/reward/alignflow_model.json").read_text())
     assert meta["kind"] == "reward" and meta["backbone"] == "embedding" and meta["encoder"] is None
     rm, tok = load_reward_model("models/reward")

@@ -7,7 +7,7 @@ the LM reward model, −log σ(w·(f_chosen − f_rejected) − margin) (margins
 so it converges in a few dozen iterations and the result does not depend on a learning rate or a step budget. Written like the LM path's outputs:
 models/reward/, plots/reward_loss.csv and plots/reward_eval.csv (per L-BFGS round, with the
 seconds since the stage started, embedding included), metrics with `eval_accuracy` on the
-validation pairs.
+validation pairs, and per origin (`eval_accuracy_human`, `eval_accuracy_judge`).
 """
 
 from __future__ import annotations
@@ -66,23 +66,32 @@ def accuracy(scores_chosen: np.ndarray, scores_rejected: np.ndarray) -> float:
     return float(np.mean(np.where(gap == 0, 0.5, gap > 0))) if gap.size else float("nan")
 
 
-def _load(path: Path | None, use_margin: bool) -> tuple[list[dict], np.ndarray | None]:
+def accuracy_by_origin(scores_chosen: np.ndarray, scores_rejected: np.ndarray, origins: list[str]) -> dict[str, float]:
+    """eval_accuracy_{human,judge} (origins: rank.pair_source): a reward model can rank one kind of
+    pair and not the other."""
+    origins_arr = np.asarray(origins)
+    return {f"eval_accuracy_{o}": round(accuracy(scores_chosen[origins_arr == o], scores_rejected[origins_arr == o]), 4)
+            for o in sorted(set(origins))}
+
+
+def _load(path: Path | None, use_margin: bool) -> tuple[list[dict], np.ndarray | None, list[str]]:
+    from alignflow.rlhf.rank import pair_source
     from alignflow.training.reward import preference_rows
 
     if path is None:
-        return [], None
+        return [], None, []
     records = [{**rec, "_where": f"{path}:{i}"} for i, rec in enumerate(read_jsonl(path), 1)]
     rows = preference_rows(records, use_margin)
     margin = np.array([r["margin"] for r in rows], float) if rows and "margin" in rows[0] else None
-    return rows, margin
+    return rows, margin, [pair_source(rec) for rec in records]
 
 
 def run(params: Params, tracker, train_file: Path, val_file: Path | None, output: Path, curve: Path,
         eval_curve: Path) -> dict[str, Any]:
     cfg = params.reward
     started = time.perf_counter()
-    train, margin = _load(train_file, cfg.embedding.use_margin)
-    val, _ = _load(val_file, False)
+    train, margin, _ = _load(train_file, cfg.embedding.use_margin)
+    val, _, val_origins = _load(val_file, False)
     if cfg.max_train_samples:
         train, margin = train[: cfg.max_train_samples], (margin[: cfg.max_train_samples] if margin is not None else None)
     if not train:
@@ -123,6 +132,8 @@ def run(params: Params, tracker, train_file: Path, val_file: Path | None, output
     }
     if "eval_accuracy" in last:
         metrics["eval_accuracy"] = round(last["eval_accuracy"], 4)
+        metrics.update(accuracy_by_origin(vc @ rm.weight, vr @ rm.weight, val_origins))
+        metrics.update({f"eval_pairs_{o}": val_origins.count(o) for o in sorted(set(val_origins))})
     if tracker is not None:
         tracker.set_tags({"reward.backbone": "embedding"})
         tracker.log_artifact(curve)

@@ -188,6 +188,11 @@ def loop_config(params: Params, staging: Path | None = None) -> dict[str, Any]:
 
 
 def run(params: Params, tracker) -> dict[str, Any]:
+    # the backbone in the metrics: the next run's time estimate compares like with like (progress.estimate_s)
+    return {"backbone": params.reward.backbone, **_train(params, tracker)}
+
+
+def _train(params: Params, tracker) -> dict[str, Any]:
     if params.reward.backbone == "embedding":  # a linear head on frozen sentence embeddings, no Ray Train loop
         from alignflow.training import embedding_reward
 
