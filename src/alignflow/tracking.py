@@ -66,7 +66,8 @@ PARENT_PARAMS = (
 )
 # Sections a stage reads besides its own (its run logs them too).
 EXTRA_SECTIONS = {"format": ("selection",)}
-# Sampled often enough that a stage of 30 s draws a curve (MLflow's default is every 10 s).
+# Sampled often enough that a stage of 30 s draws a curve (MLflow's default is every 10 s);
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, when set, overrides it.
 SYSTEM_METRICS_INTERVAL_S = 5
 # Which process owns a RUNNING run: a run whose process died (kill -9) is marked KILLED by the next.
 TAG_HOST, TAG_PID = "alignflow.host", "alignflow.pid"
@@ -434,7 +435,8 @@ def stage_run(params: Params, stage: str, system_metrics: bool | None = None) ->
     if system_metrics is None:
         system_metrics = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() not in ("false", "0")
     if system_metrics:
-        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+        if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):  # the user's interval wins
+            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         mlflow.set_system_metrics_samples_before_logging(1)
     if owned:
         _set_parent_status(client, parent, "RUNNING")

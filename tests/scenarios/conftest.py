@@ -39,7 +39,9 @@ def base_pipeline(tmp_path_factory, scenario_mlflow):
     append_rows(ws / USER_SOURCE["path"], user_rows(0, 12))
     run_in(ws, "git", "add", "-A")
     run_in(ws, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "user data")
-    env = {"MLFLOW_TRACKING_URI": scenario_mlflow, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "true"}
+    # system metrics every second: on a fast host a stage's run is open for only a few seconds
+    env = {"MLFLOW_TRACKING_URI": scenario_mlflow, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "true",
+           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
     run_in(ws, "alignflow", "repro", "--name", "first-run", env=env, timeout=1500)
     # and commits the results, as DVC's convention has it (experiments are compared with this baseline)
     run_in(ws, "git", "add", "-A")
